@@ -1,0 +1,88 @@
+"""Encoding the stored file, and the round trip the correction checks against.
+
+The promise holds on the written file, so the solver classifies each candidate the way it
+will be stored: rounded to 8 bits, and for lossy formats encoded and decoded again. The
+round trip passes gradients straight through to the float image.
+
+Pixel arrays are ``(H, W, 3)`` ``uint8``; images are ``(3, H, W)`` floats in ``[0, 1]``.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
+
+
+def to_pixels(image: Tensor) -> np.ndarray:
+    """``(3, H, W)`` float image -> ``(H, W, 3)`` uint8 array, rounding to nearest."""
+    q = torch.round(image.detach().clamp(0, 1) * 255.0).to(torch.uint8)
+    return q.permute(1, 2, 0).contiguous().cpu().numpy()
+
+
+def to_image(pixels: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
+    """``(H, W, 3)`` uint8 array -> ``(3, H, W)`` float32 image in ``[0, 1]``."""
+    t = torch.from_numpy(np.ascontiguousarray(pixels)).to(device)
+    return t.permute(2, 0, 1).to(torch.float32) / 255.0
+
+
+@dataclass(frozen=True)
+class Codec:
+    """An output format: ``png`` (lossless), ``jpg`` or ``webp`` with ``quality``."""
+
+    format: str = "png"
+    quality: int = 95
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"unknown format {self.format!r}; choose from {', '.join(FORMATS)}")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"quality must be in 1..100, got {self.quality}")
+
+    @property
+    def lossless(self) -> bool:
+        """Whether decoding returns exactly the encoded pixels."""
+        return self.format == "png"
+
+    @property
+    def extension(self) -> str:
+        """File extension with the dot."""
+        return "." + self.format
+
+    def encode(self, pixels: np.ndarray) -> bytes:
+        """Encode ``(H, W, 3)`` uint8 pixels; no metadata (EXIF, GPS) is written."""
+        buf = io.BytesIO()
+        img = Image.fromarray(pixels, "RGB")
+        if self.lossless:
+            img.save(buf, FORMATS[self.format], optimize=False, compress_level=6)
+        else:
+            img.save(buf, FORMATS[self.format], quality=self.quality)
+        return buf.getvalue()
+
+    def decode(self, data: bytes) -> np.ndarray:
+        """Decode bytes written by :meth:`encode` to ``(H, W, 3)`` uint8 pixels."""
+        with Image.open(io.BytesIO(data)) as img:
+            return np.asarray(img.convert("RGB"))
+
+    def stored_pixels(self, image: Tensor) -> np.ndarray:
+        """The pixels a reader gets back from the file that ``image`` would be stored as."""
+        pixels = to_pixels(image)
+        return pixels if self.lossless else self.decode(self.encode(pixels))
+
+    def roundtrip(self, image: Tensor) -> Tensor:
+        """``image`` as stored and read back, with a straight-through gradient.
+
+        Args:
+            image: ``(3, H, W)`` float in ``[0, 1]``.
+
+        Returns:
+            ``(3, H, W)``: the stored pixels / 255 in the forward pass, identity backward.
+        """
+        stored = to_image(self.stored_pixels(image), image.device).to(image.dtype)
+        return image + (stored - image).detach()

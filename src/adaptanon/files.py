@@ -1,0 +1,104 @@
+"""Finding input images, reading them, and writing outputs atomically."""
+
+from __future__ import annotations
+
+import glob
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm"}
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """An input file and its path relative to the root it was found under."""
+
+    path: Path
+    relative: Path
+
+
+def collect_inputs(specs: list[str], exclude: Path | None = None) -> list[InputImage]:
+    """Expand files, directories (recursively) and glob patterns into input images.
+
+    Directories contribute their image files (by extension); a file named explicitly is
+    taken whatever its extension, so a broken or misnamed file is reported, not skipped.
+    Anything under ``exclude`` (the output folder) is left out. Duplicates are dropped.
+
+    Raises:
+        FileNotFoundError: a spec matches nothing.
+    """
+    found: list[InputImage] = []
+    seen: set[Path] = set()
+    excluded = exclude.resolve() if exclude else None
+
+    def add(path: Path, root: Path) -> None:
+        resolved = path.resolve()
+        if resolved in seen or (excluded and resolved.is_relative_to(excluded)):
+            return
+        seen.add(resolved)
+        found.append(InputImage(path, path.relative_to(root)))
+
+    for spec in specs:
+        p = Path(spec)
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
+                    add(f, p)
+        elif p.is_file():
+            add(p, p.parent)
+        elif glob.has_magic(spec):
+            matches = sorted(Path(m) for m in glob.glob(spec, recursive=True))
+            root = _glob_root(spec)
+            files = [m for m in matches if m.is_file()]
+            if not files:
+                raise FileNotFoundError(f"no files match {spec}")
+            for f in files:
+                add(f, root)
+        else:
+            raise FileNotFoundError(f"no such file or directory: {spec}")
+    return found
+
+
+def _glob_root(pattern: str) -> Path:
+    parts = Path(pattern).parts
+    fixed = [p for p in parts[: next(i for i, p in enumerate(parts) if glob.has_magic(p))]]
+    return Path(*fixed) if fixed else Path(".")
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read an image as ``(H, W, 3)`` uint8 RGB, upright according to its EXIF orientation.
+
+    Raises:
+        ValueError: the file cannot be decoded as an image.
+    """
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.exif_transpose(img)
+            if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+                # Composite on white, as most viewers show transparent pixels.
+                rgba = img.convert("RGBA")
+                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                img = Image.alpha_composite(white, rgba)
+            return np.asarray(img.convert("RGB")).copy()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"cannot read image {path}: {exc}") from exc
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that ``path`` is either absent, old, or complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

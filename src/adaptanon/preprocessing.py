@@ -1,0 +1,187 @@
+"""Differentiable classifier preprocessing that reproduces the usual PIL pipeline.
+
+Users classify stored files with loaders such as ``PIL.Image.resize(..., BILINEAR)``
+followed by a centre crop. To promise that a written file keeps its class under such a
+loader, the correction must see exactly the pixels that loader produces. PIL resamples in
+two separable passes (horizontal first) with fixed-point weights and rounds to 8 bits after
+each pass; :func:`pil_resize` does the same arithmetic in float64 torch code, with a
+straight-through gradient for the rounding.
+
+Images are ``(3, H, W)`` float tensors with values in ``[0, 1]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+from torch import Tensor, nn
+
+_PRECISION_BITS = 22  # Pillow's fixed-point precision for 8-bit images (Resample.c)
+
+
+@lru_cache(maxsize=256)
+def _pil_bilinear_taps(in_size: int, out_size: int) -> tuple[Tensor, Tensor]:
+    """Pillow's bilinear resampling taps for one axis.
+
+    Returns ``(index, weight)``, both ``(out_size, K)``: output sample ``i`` is
+    ``sum_k in[index[i, k]] * weight[i, k]`` before rounding. Weights are Pillow's
+    fixed-point coefficients divided by ``2**22``, so the sum is exact in float64.
+    """
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 1.0 * filterscale
+    ksize = int(math.ceil(support)) * 2 + 1
+    index = torch.zeros(out_size, ksize, dtype=torch.long)
+    weight = torch.zeros(out_size, ksize, dtype=torch.float64)
+    for xx in range(out_size):
+        center = (xx + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)
+        xmax = min(int(center + support + 0.5), in_size) - xmin
+        taps = [max(0.0, 1.0 - abs((x + xmin - center + 0.5) / filterscale)) for x in range(xmax)]
+        total = sum(taps)
+        for x, w in enumerate(taps):
+            w = w / total if total else w
+            fixed = (
+                int(-0.5 + w * (1 << _PRECISION_BITS))
+                if w < 0
+                else int(0.5 + w * (1 << _PRECISION_BITS))
+            )
+            index[xx, x] = xmin + x
+            weight[xx, x] = fixed / (1 << _PRECISION_BITS)
+        index[xx, xmax:] = xmin
+    return index, weight
+
+
+def _round_8bit(values: Tensor) -> Tensor:
+    """Pillow's ``clip8`` (round half up, clamp to [0, 255]) with a straight-through gradient."""
+    rounded = torch.clamp(torch.floor(values + 0.5), 0.0, 255.0)
+    return values + (rounded - values).detach()
+
+
+def _resample_axis(image: Tensor, taps: tuple[Tensor, Tensor], dim: int) -> Tensor:
+    index, weight = taps
+    index, weight = index.to(image.device), weight.to(image.device)
+    picked = image.index_select(dim, index.reshape(-1))
+    shape = list(image.shape)
+    shape[dim : dim + 1] = list(index.shape)
+    picked = picked.reshape(shape)
+    view = [1] * picked.dim()
+    view[dim], view[dim + 1] = index.shape
+    return _round_8bit((picked * weight.reshape(view)).sum(dim + 1))
+
+
+def pil_resize(
+    image: Tensor, size: tuple[int, int], rows: slice | None = None, cols: slice | None = None
+) -> Tensor:
+    """Resize like ``PIL.Image.resize(size, BILINEAR)`` on the 8-bit image ``round(image*255)``.
+
+    Args:
+        image: ``(C, H, W)`` float tensor in ``[0, 1]``.
+        size: output ``(height, width)``.
+        rows, cols: optional slices of the output to compute (a crop), which is cheaper
+            than resizing everything and cropping afterwards.
+
+    Returns:
+        ``(C, h, w)`` tensor of 8-bit values (0..255) as float64; differentiable.
+    """
+    out_h, out_w = size
+    _, in_h, in_w = image.shape
+    idx_h = _pil_bilinear_taps(in_w, out_w)
+    idx_v = _pil_bilinear_taps(in_h, out_h)
+    if cols is not None:
+        idx_h = (idx_h[0][cols], idx_h[1][cols])
+    if rows is not None:
+        idx_v = (idx_v[0][rows], idx_v[1][rows])
+    # Only the input rows the vertical pass reads need the horizontal pass.
+    first = int(idx_v[0].min())
+    last = int(idx_v[0].max()) + 1
+    x = _round_8bit(image[:, first:last].to(torch.float64) * 255.0)
+    x = _resample_axis(x, idx_h, dim=2)
+    return _resample_axis(x, (idx_v[0] - first, idx_v[1]), dim=1)
+
+
+@dataclass(frozen=True)
+class ViewGeometry:
+    """Where a classifier's input view lies in an input image.
+
+    The view is the crop ``[top, top+crop) x [left, left+crop)`` of the input resized to
+    ``resized = (height, width)``.
+    """
+
+    input_size: tuple[int, int]
+    resized: tuple[int, int]
+    top: int
+    left: int
+    crop: int
+
+    def view_box_to_input(
+        self, box: tuple[float, float, float, float]
+    ) -> tuple[int, int, int, int]:
+        """Map a half-open ``[x0, y0, x1, y1]`` box in view pixels to input pixels (covering)."""
+        sy = self.input_size[0] / self.resized[0]
+        sx = self.input_size[1] / self.resized[1]
+        x0, y0, x1, y1 = box
+        return (
+            max(0, math.floor((x0 + self.left) * sx)),
+            max(0, math.floor((y0 + self.top) * sy)),
+            min(self.input_size[1], math.ceil((x1 + self.left) * sx)),
+            min(self.input_size[0], math.ceil((y1 + self.top) * sy)),
+        )
+
+    @property
+    def scale(self) -> float:
+        """Input pixels per view pixel."""
+        return self.input_size[0] / self.resized[0]
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resize the shorter side to ``resize`` (PIL bilinear), centre crop ``crop``, normalise.
+
+    Matches torchvision's ``Resize(resize)`` + ``CenterCrop(crop)`` + ``ToTensor()`` +
+    ``Normalize(mean, std)`` on a PIL image, the usual loader for ImageNet classifiers.
+    """
+
+    resize: int = 256
+    crop: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def geometry(self, height: int, width: int) -> ViewGeometry:
+        """The view geometry for an input of ``height x width`` pixels."""
+        if width <= height:
+            new_w, new_h = self.resize, int(self.resize * height / width)
+        else:
+            new_h, new_w = self.resize, int(self.resize * width / height)
+        if new_h < self.crop or new_w < self.crop:
+            raise ValueError(f"resize {self.resize} is smaller than crop {self.crop}")
+        top = int(round((new_h - self.crop) / 2.0))
+        left = int(round((new_w - self.crop) / 2.0))
+        return ViewGeometry((height, width), (new_h, new_w), top, left, self.crop)
+
+    def __call__(self, image: Tensor) -> Tensor:
+        """``(3, H, W)`` in ``[0, 1]`` -> normalised ``(3, crop, crop)`` float32 model input."""
+        g = self.geometry(image.shape[-2], image.shape[-1])
+        pixels = pil_resize(
+            image,
+            g.resized,
+            rows=slice(g.top, g.top + self.crop),
+            cols=slice(g.left, g.left + self.crop),
+        )
+        mean = torch.tensor(self.mean, dtype=torch.float64, device=image.device).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float64, device=image.device).view(3, 1, 1)
+        return ((pixels / 255.0 - mean) / std).to(torch.float32)
+
+
+class PreprocessModule(nn.Module):
+    """:class:`Preprocess` as a module, for composition with ``nn.Sequential``."""
+
+    def __init__(self, spec: Preprocess) -> None:
+        super().__init__()
+        self.spec = spec
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.spec(image)

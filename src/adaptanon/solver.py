@@ -1,0 +1,166 @@
+"""The correction solver: normalised gradient descent on the region pixels (paper, eq. 3).
+
+Starting from the anonymized image, each step computes the cross-entropy between the
+classifier's output and the original class, takes its gradient with respect to the region
+pixels only, divides it per image by its largest absolute entry and moves by ``alpha``
+(in ``[0, 1]`` pixel units). The forward pass that gives a step's gradient is also that
+step's check: every image is classified as it would be stored (see
+:class:`~adaptanon.encoding.Codec`), and an image leaves the batch as soon as it meets the
+criterion. The solver returns the images with a per-image success flag.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from adaptanon.classifiers import Classifier
+from adaptanon.criteria import Criterion, SameClass
+from adaptanon.encoding import Codec
+
+
+@dataclass
+class SolverResult:
+    """What the solver found, per image (``B`` images).
+
+    Attributes:
+        images: ``B`` corrected ``(3, H, W)`` float images (the solver's state).
+        stored: ``B`` ``(3, H, W)`` images as stored and read back, the ones last checked.
+        success: ``(B,)`` bool, True where ``stored`` meets the criterion.
+        steps: ``(B,)`` number of gradient steps taken (0: the anonymized image passed).
+        initial_logits: ``(B, N)`` logits of the anonymized image as stored (step 0).
+        logits: ``(B, N)`` logits of ``stored``.
+    """
+
+    images: list[Tensor]
+    stored: list[Tensor]
+    success: Tensor
+    steps: Tensor
+    initial_logits: Tensor
+    logits: Tensor
+
+
+def normalized_step(grad: Tensor, mask: Tensor, alpha: float) -> Tensor:
+    """The update ``-alpha * g / max|g|`` with ``g`` the gradient inside ``mask``.
+
+    Args:
+        grad: ``(3, H, W)``; mask: ``(1, H, W)`` bool.
+
+    Returns:
+        ``(3, H, W)`` update, zero outside the mask (and everywhere if ``g`` is zero).
+    """
+    g = torch.where(mask, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
+    peak = g.abs().max()
+    if peak == 0:
+        return torch.zeros_like(g)
+    return -alpha * g / peak
+
+
+def project(image: Tensor, start: Tensor, mask: Tensor, delta: float | None) -> Tensor:
+    """Clamp to ``[0, 1]``, to the L-inf ball of radius ``delta`` around ``start`` inside
+    ``mask``, and to ``start`` outside it. All ``(3, H, W)`` except ``mask`` ``(1, H, W)``."""
+    x = image.clamp(0.0, 1.0)
+    if delta is not None:
+        x = torch.minimum(torch.maximum(x, start - delta), start + delta)
+    return torch.where(mask, x, start)
+
+
+def correct(
+    classifier: Classifier,
+    images: Sequence[Tensor],
+    masks: Sequence[Tensor],
+    target: Tensor,
+    *,
+    criterion: Criterion | None = None,
+    reference: Tensor | None = None,
+    alpha: float = 0.1,
+    max_steps: int = 100,
+    delta: float | None = None,
+    codec: Codec | None = None,
+) -> SolverResult:
+    """Correct anonymized images until the classifier's decision matches ``target``.
+
+    Args:
+        classifier: the classifier whose decision must be kept.
+        images: ``B`` anonymized ``(3, H, W)`` images in ``[0, 1]`` (sizes may differ).
+        masks: ``B`` ``(1, H, W)`` bool masks of the pixels the solver may change.
+        target: ``(B,)`` original classes.
+        criterion: when to stop (default: :class:`~adaptanon.criteria.SameClass`).
+        reference: ``(B, N)`` original probabilities, for probability-distance criteria.
+        alpha: step size in pixel units after normalising the gradient to max 1.
+        max_steps: most gradient steps per image.
+        delta: optional L-inf bound around the anonymized pixels.
+        codec: how the image is stored; each check is done on the stored pixels
+            (default: PNG, i.e. rounding to 8 bits).
+
+    Returns:
+        A :class:`SolverResult`; ``success`` is False for images that did not meet the
+        criterion within ``max_steps`` or whose gradient vanished.
+    """
+    if alpha <= 0:
+        raise ValueError(f"alpha must be positive, got {alpha}")
+    if max_steps < 0:
+        raise ValueError(f"max_steps must be >= 0, got {max_steps}")
+    criterion = criterion or SameClass()
+    codec = codec or Codec()
+    n = len(images)
+    device = classifier.device
+    target = target.to(device)
+    start = [img.detach().to(device, torch.float32) for img in images]
+    masks = [m.to(device) for m in masks]
+    state = [s.clone() for s in start]
+    stored: list[Tensor] = [s for s in start]
+    success = torch.zeros(n, dtype=torch.bool)
+    steps = torch.zeros(n, dtype=torch.long)
+    initial_logits: Tensor | None = None
+    final_logits: Tensor | None = None
+    active = list(range(n))
+    for step in range(max_steps + 1):
+        leaves = [state[i].requires_grad_(True) for i in active]
+        seen = [codec.roundtrip(x) for x in leaves]
+        with torch.enable_grad():
+            logits = classifier.logits(seen)
+        if reference is None:
+            ref = torch.softmax(logits.detach(), 1)
+        else:
+            ref = reference.to(device)[active]
+        ok = criterion(logits.detach(), target[active], ref).cpu()
+        if initial_logits is None:
+            initial_logits = logits.detach().new_zeros(n, logits.shape[1])
+            final_logits = initial_logits.clone()
+            initial_logits[active] = logits.detach()
+        final_logits[active] = logits.detach()
+        for j, i in enumerate(active):
+            stored[i] = seen[j].detach()
+            steps[i] = step
+            success[i] = bool(ok[j])
+        todo = [j for j in range(len(active)) if not ok[j]]
+        if step == max_steps or not todo:
+            break
+        loss = F.cross_entropy(logits[todo], target[active][todo], reduction="sum")
+        grads = torch.autograd.grad(loss, [leaves[j] for j in todo])
+        still: list[int] = []
+        for j, g in zip(todo, grads, strict=True):
+            i = active[j]
+            update = normalized_step(g, masks[i], alpha)
+            with torch.no_grad():
+                state[i] = project(state[i].detach() + update, start[i], masks[i], delta)
+            if bool(update.abs().max() > 0):
+                still.append(i)
+        active = still
+        if not active:
+            break
+    for s in state:
+        s.requires_grad_(False)
+    return SolverResult(
+        images=[s.detach() for s in state],
+        stored=stored,
+        success=success,
+        steps=steps,
+        initial_logits=initial_logits,
+        logits=final_logits,
+    )
