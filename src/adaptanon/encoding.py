@@ -84,5 +84,8 @@ class Codec:
         Returns:
             ``(3, H, W)``: the stored pixels / 255 in the forward pass, identity backward.
         """
-        stored = to_image(self.stored_pixels(image), image.device).to(image.dtype)
+        if self.lossless:
+            stored = torch.round(image.detach().clamp(0, 1) * 255.0) / 255.0
+        else:
+            stored = to_image(self.stored_pixels(image), image.device).to(image.dtype)
         return image + (stored - image).detach()

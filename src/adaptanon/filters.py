@@ -41,13 +41,14 @@ def gaussian_blur(image: Tensor, ksize: int, sigma: float) -> Tensor:
         Tensor of the same shape; differentiable.
     """
     batched = image if image.dim() == 4 else image.unsqueeze(0)
-    c = batched.shape[1]
+    b, c, h, w = batched.shape
     k = gaussian_kernel1d(ksize, sigma, batched.device).to(batched.dtype)
     pad = ksize // 2
-    mode = "reflect" if min(batched.shape[-2:]) > pad else "replicate"
-    x = F.pad(batched, (pad, pad, pad, pad), mode=mode)
-    x = F.conv2d(x, k.view(1, 1, 1, ksize).expand(c, 1, 1, ksize), groups=c)
-    x = F.conv2d(x, k.view(1, 1, ksize, 1).expand(c, 1, ksize, 1), groups=c)
+    mode = "reflect" if min(h, w) > pad else "replicate"
+    # Channels as batch entries: a one-channel convolution is faster than a grouped one.
+    x = F.pad(batched.reshape(b * c, 1, h, w), (pad, pad, pad, pad), mode=mode)
+    x = F.conv2d(F.conv2d(x, k.view(1, 1, 1, ksize)), k.view(1, 1, ksize, 1))
+    x = x.reshape(b, c, h, w)
     return x if image.dim() == 4 else x.squeeze(0)
 
 

@@ -143,7 +143,7 @@ def process_batch(
     margins = logit_margin(result.logits, original[todo].to(result.logits.device))
     for j, i in enumerate(todo):
         out = outcomes[i]
-        out.anonymized = settings.codec.roundtrip(anonymized[j]).detach()
+        out.anonymized = result.initial[j]
         out.final = result.stored[j]
         out.steps = int(result.steps[j])
         out.anonymized_class = int(result.initial_logits[j].argmax())

@@ -55,22 +55,66 @@ def _pil_bilinear_taps(in_size: int, out_size: int) -> tuple[Tensor, Tensor]:
     return index, weight
 
 
-def _round_8bit(values: Tensor) -> Tensor:
-    """Pillow's ``clip8`` (round half up, clamp to [0, 255]) with a straight-through gradient."""
-    rounded = torch.clamp(torch.floor(values + 0.5), 0.0, 255.0)
-    return values + (rounded - values).detach()
+class _Round8bit(torch.autograd.Function):
+    """Pillow's ``clip8`` (round half up, clamp to [0, 255]); gradient passes straight through."""
+
+    @staticmethod
+    def forward(ctx: object, values: Tensor) -> Tensor:
+        return values.add(0.5).floor_().clamp_(0.0, 255.0)
+
+    @staticmethod
+    def backward(ctx: object, grad: Tensor) -> Tensor:
+        return grad
 
 
-def _resample_axis(image: Tensor, taps: tuple[Tensor, Tensor], dim: int) -> Tensor:
-    index, weight = taps
-    index, weight = index.to(image.device), weight.to(image.device)
+class _To8bit(torch.autograd.Function):
+    """``[0, 1]`` image -> float64 8-bit values ``round(255 x)``; straight-through gradient."""
+
+    @staticmethod
+    def forward(ctx: object, image: Tensor) -> Tensor:
+        ctx.dtype = image.dtype  # type: ignore[attr-defined]
+        return image.to(torch.float64).mul_(255.0).add_(0.5).floor_().clamp_(0.0, 255.0)
+
+    @staticmethod
+    def backward(ctx: object, grad: Tensor) -> Tensor:
+        return (grad * 255.0).to(ctx.dtype)  # type: ignore[attr-defined]
+
+
+@lru_cache(maxsize=512)
+def _axis_plan(
+    in_size: int, out_size: int, start: int, stop: int, device: torch.device
+) -> tuple[int, int, Tensor, Tensor | None]:
+    """How to compute outputs ``start..stop-1`` of one axis.
+
+    Returns ``(first, last, index, matrix)``: the input range ``[first, last)`` read, the
+    taps' ``(n, K)`` index relative to ``first`` with the weights, as a dense
+    ``(n, last-first)`` float64 matrix when that is cheaper (mild downscaling), else None.
+    """
+    index, weight = _pil_bilinear_taps(in_size, out_size)
+    index, weight = index[start:stop], weight[start:stop]
+    first, last = int(index.min()), int(index.max()) + 1
+    index = index - first
+    matrix = None
+    if last - first <= 3 * (stop - start):
+        matrix = torch.zeros(stop - start, last - first, dtype=torch.float64)
+        matrix.scatter_add_(1, index, weight)
+        matrix = matrix.to(device)
+    return first, last, torch.stack([index.to(torch.float64), weight]).to(device), matrix
+
+
+def _resample_axis(image: Tensor, plan: tuple[int, int, Tensor, Tensor | None], dim: int) -> Tensor:
+    """Resample ``(C, H, W)`` float64 8-bit values along ``dim`` (1: rows, 2: columns)."""
+    _, _, taps, matrix = plan
+    if matrix is not None:
+        out = image @ matrix.T if dim == 2 else matrix @ image
+        return _Round8bit.apply(out)
+    index, weight = taps[0].to(torch.long), taps[1]
     picked = image.index_select(dim, index.reshape(-1))
     shape = list(image.shape)
     shape[dim : dim + 1] = list(index.shape)
-    picked = picked.reshape(shape)
-    view = [1] * picked.dim()
+    view = [1] * (image.dim() + 1)
     view[dim], view[dim + 1] = index.shape
-    return _round_8bit((picked * weight.reshape(view)).sum(dim + 1))
+    return _Round8bit.apply((picked.reshape(shape) * weight.reshape(view)).sum(dim + 1))
 
 
 def pil_resize(
@@ -81,26 +125,22 @@ def pil_resize(
     Args:
         image: ``(C, H, W)`` float tensor in ``[0, 1]``.
         size: output ``(height, width)``.
-        rows, cols: optional slices of the output to compute (a crop), which is cheaper
-            than resizing everything and cropping afterwards.
+        rows, cols: optional slices (step 1) of the output to compute, a crop, which is
+            cheaper than resizing everything and cropping afterwards.
 
     Returns:
         ``(C, h, w)`` tensor of 8-bit values (0..255) as float64; differentiable.
     """
     out_h, out_w = size
     _, in_h, in_w = image.shape
-    idx_h = _pil_bilinear_taps(in_w, out_w)
-    idx_v = _pil_bilinear_taps(in_h, out_h)
-    if cols is not None:
-        idx_h = (idx_h[0][cols], idx_h[1][cols])
-    if rows is not None:
-        idx_v = (idx_v[0][rows], idx_v[1][rows])
-    # Only the input rows the vertical pass reads need the horizontal pass.
-    first = int(idx_v[0].min())
-    last = int(idx_v[0].max()) + 1
-    x = _round_8bit(image[:, first:last].to(torch.float64) * 255.0)
-    x = _resample_axis(x, idx_h, dim=2)
-    return _resample_axis(x, (idx_v[0] - first, idx_v[1]), dim=1)
+    rows = rows or slice(0, out_h)
+    cols = cols or slice(0, out_w)
+    plan_h = _axis_plan(in_w, out_w, cols.start or 0, cols.stop, image.device)
+    plan_v = _axis_plan(in_h, out_h, rows.start or 0, rows.stop, image.device)
+    # Only the input rows and columns the two passes read are converted and resampled.
+    x = _To8bit.apply(image[:, plan_v[0] : plan_v[1], plan_h[0] : plan_h[1]])
+    x = _resample_axis(x, plan_h, dim=2)  # Pillow: horizontal pass first
+    return _resample_axis(x, plan_v, dim=1)
 
 
 @dataclass(frozen=True)

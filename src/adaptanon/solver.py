@@ -30,6 +30,7 @@ class SolverResult:
     Attributes:
         images: ``B`` corrected ``(3, H, W)`` float images (the solver's state).
         stored: ``B`` ``(3, H, W)`` images as stored and read back, the ones last checked.
+        initial: ``B`` anonymized images as stored and read back (what step 0 checked).
         success: ``(B,)`` bool, True where ``stored`` meets the criterion.
         steps: ``(B,)`` number of gradient steps taken (0: the anonymized image passed).
         initial_logits: ``(B, N)`` logits of the anonymized image as stored (step 0).
@@ -38,6 +39,7 @@ class SolverResult:
 
     images: list[Tensor]
     stored: list[Tensor]
+    initial: list[Tensor]
     success: Tensor
     steps: Tensor
     initial_logits: Tensor
@@ -114,6 +116,7 @@ def correct(
     masks = [m.to(device) for m in masks]
     state = [s.clone() for s in start]
     stored: list[Tensor] = [s for s in start]
+    initial: list[Tensor] = [s for s in start]
     success = torch.zeros(n, dtype=torch.bool)
     steps = torch.zeros(n, dtype=torch.long)
     initial_logits: Tensor | None = None
@@ -133,6 +136,7 @@ def correct(
             initial_logits = logits.detach().new_zeros(n, logits.shape[1])
             final_logits = initial_logits.clone()
             initial_logits[active] = logits.detach()
+            initial = [x.detach() for x in seen]
         final_logits[active] = logits.detach()
         for j, i in enumerate(active):
             stored[i] = seen[j].detach()
@@ -159,6 +163,7 @@ def correct(
     return SolverResult(
         images=[s.detach() for s in state],
         stored=stored,
+        initial=initial,
         success=success,
         steps=steps,
         initial_logits=initial_logits,
