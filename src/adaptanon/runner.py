@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+import numpy as np
 import torch
 
 from adaptanon.classifiers import Classifier
@@ -65,11 +65,31 @@ def _batches(items: Sequence[InputImage], size: int) -> Iterator[list[InputImage
         yield list(items[start : start + size])
 
 
-def _load(item: InputImage) -> tuple[InputImage, Any]:
+def _load(item: InputImage) -> tuple[InputImage, np.ndarray | ValueError]:
     try:
         return item, read_image(item.path)
     except ValueError as exc:
         return item, exc
+
+
+def _load_batch(batch: list[InputImage]) -> list[tuple[InputImage, np.ndarray | ValueError]]:
+    return [_load(item) for item in batch]
+
+
+def load_batches(
+    items: Sequence[InputImage], batch_size: int
+) -> Iterator[list[tuple[InputImage, np.ndarray | ValueError]]]:
+    """Batches of ``(item, pixels)`` (or the error reading raised), read one batch ahead in
+    a background thread while the caller works on the current one."""
+    with ThreadPoolExecutor(1) as pool:
+        batches = _batches(items, batch_size)
+        first = next(batches, None)
+        ahead = pool.submit(_load_batch, first) if first else None
+        while ahead is not None:
+            loaded = ahead.result()
+            following = next(batches, None)
+            ahead = pool.submit(_load_batch, following) if following else None
+            yield loaded
 
 
 def run(
@@ -145,30 +165,21 @@ def run(
         if on_record:
             on_record(rec)
 
-    def load(batch: list[InputImage]) -> list[tuple[InputImage, Any]]:
-        return [_load(item) for item in batch]
-
-    with ManifestWriter(out_dir / "manifest.jsonl") as writer, ThreadPoolExecutor(1) as pool:
-        batches = _batches(inputs, batch_size)
-        first = next(batches, None)
-        ahead = pool.submit(load, first) if first else None
-        while ahead is not None:
-            loaded = ahead.result()
-            following = next(batches, None)
-            ahead = pool.submit(load, following) if following else None
+    with ManifestWriter(out_dir / "manifest.jsonl") as writer:
+        for loaded in load_batches(inputs, batch_size):
             for item, px in loaded:
                 if isinstance(px, Exception):
                     record(item, None, str(px))
             good = [(item, px) for item, px in loaded if not isinstance(px, Exception)]
-            for item, out in _process(classifier, source, settings, good):
+            for item, out in process_loaded(classifier, source, settings, good):
                 record(item, out)
     return summary
 
 
-def _process(
+def process_loaded(
     classifier: Classifier, source: RegionSource, settings: Settings, good: list
 ) -> list[tuple[InputImage, Outcome | None]]:
-    """Process a batch; if the batch as a whole fails (e.g. out of memory), retry image by
+    """Process a batch of read images; if the batch as a whole fails (e.g. out of memory), retry image by
     image so that one bad image does not take the others with it."""
     if not good:
         return []
@@ -184,7 +195,7 @@ def _process(
             return [(item, Outcome(name=names[0], status=ERROR, message=f"processing: {exc}"))]
         results = []
         for one in good:
-            results += _process(classifier, source, settings, [one])
+            results += process_loaded(classifier, source, settings, [one])
         return results
 
 
