@@ -155,6 +155,8 @@ def load_classifier(spec: str | Classifier, preprocess: Preprocess | None = None
             factory = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as exc:
             raise ValueError(f"cannot load model factory {spec!r}: {exc}") from exc
+        if not callable(factory):
+            raise ValueError(f"model factory {spec!r} is not callable")
         made = factory()
         if isinstance(made, Classifier):
             return made

@@ -28,6 +28,8 @@ def to_pixels(image: Tensor) -> np.ndarray:
 
 def to_image(pixels: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
     """``(H, W, 3)`` uint8 array -> ``(3, H, W)`` float32 image in ``[0, 1]``."""
+    if not pixels.flags.writeable:
+        pixels = pixels.copy()
     t = torch.from_numpy(np.ascontiguousarray(pixels)).to(device)
     return t.permute(2, 0, 1).to(torch.float32) / 255.0
 
@@ -68,7 +70,7 @@ class Codec:
     def decode(self, data: bytes) -> np.ndarray:
         """Decode bytes written by :meth:`encode` to ``(H, W, 3)`` uint8 pixels."""
         with Image.open(io.BytesIO(data)) as img:
-            return np.asarray(img.convert("RGB"))
+            return np.array(img.convert("RGB"))
 
     def stored_pixels(self, image: Tensor) -> np.ndarray:
         """The pixels a reader gets back from the file that ``image`` would be stored as."""

@@ -27,18 +27,21 @@ def collect_inputs(specs: list[str], exclude: Path | None = None) -> list[InputI
 
     Directories contribute their image files (by extension); a file named explicitly is
     taken whatever its extension, so a broken or misnamed file is reported, not skipped.
-    Anything under ``exclude`` (the output folder) is left out. Duplicates are dropped.
+    Files found in folders or by globs under ``exclude`` (the output folder, which may
+    hold earlier outputs) are left out. Duplicates are dropped.
 
     Raises:
-        FileNotFoundError: a spec matches nothing.
+        FileNotFoundError: a spec matches nothing, or everything it matches lies inside
+            ``exclude``.
     """
     found: list[InputImage] = []
     seen: set[Path] = set()
     excluded = exclude.resolve() if exclude else None
 
-    def add(path: Path, root: Path) -> None:
+    def add(path: Path, root: Path, explicit: bool = False) -> None:
         resolved = path.resolve()
-        if resolved in seen or (excluded and resolved.is_relative_to(excluded)):
+        inside = excluded is not None and resolved.is_relative_to(excluded)
+        if resolved in seen or (inside and not explicit):
             return
         seen.add(resolved)
         found.append(InputImage(path, path.relative_to(root)))
@@ -50,7 +53,7 @@ def collect_inputs(specs: list[str], exclude: Path | None = None) -> list[InputI
                 if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
                     add(f, p)
         elif p.is_file():
-            add(p, p.parent)
+            add(p, p.parent, explicit=True)
         elif glob.has_magic(spec):
             matches = sorted(Path(m) for m in glob.glob(spec, recursive=True))
             root = _glob_root(spec)
@@ -61,6 +64,8 @@ def collect_inputs(specs: list[str], exclude: Path | None = None) -> list[InputI
                 add(f, root)
         else:
             raise FileNotFoundError(f"no such file or directory: {spec}")
+    if specs and not found and excluded:
+        raise FileNotFoundError(f"every input lies inside the output folder {exclude}")
     return found
 
 

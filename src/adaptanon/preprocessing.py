@@ -3,8 +3,7 @@
 Users classify stored files with loaders such as ``PIL.Image.resize(..., BILINEAR)``
 followed by a centre crop. To promise that a written file keeps its class under such a
 loader, the correction must see exactly the pixels that loader produces. PIL resamples in
-two separable passes (horizontal first) with fixed-point weights and rounds to 8 bits after
-each pass; :func:`pil_resize` does the same arithmetic in float64 torch code, with a
+two separable passes with fixed-point weights and rounds to 8 bits after each pass; :func:`pil_resize` does the same arithmetic in float64 torch code, with a
 straight-through gradient for the rounding.
 
 Images are ``(3, H, W)`` float tensors with values in ``[0, 1]``.
@@ -16,7 +15,9 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor, nn
 
 _PRECISION_BITS = 22  # Pillow's fixed-point precision for 8-bit images (Resample.c)
@@ -117,6 +118,36 @@ def _resample_axis(image: Tensor, plan: tuple[int, int, Tensor, Tensor | None], 
     return _Round8bit.apply((picked.reshape(shape) * weight.reshape(view)).sum(dim + 1))
 
 
+def _resize_8bit(x: Tensor, plan_v: tuple, plan_h: tuple, vertical_first: bool) -> Tensor:
+    if vertical_first:
+        return _resample_axis(_resample_axis(x, plan_v, dim=1), plan_h, dim=2)
+    return _resample_axis(_resample_axis(x, plan_h, dim=2), plan_v, dim=1)
+
+
+@lru_cache(maxsize=4096)
+def pil_vertical_first(in_h: int, in_w: int, out_h: int, out_w: int) -> bool:
+    """Whether the installed Pillow resamples rows before columns for this resize.
+
+    Pillow ran the horizontal pass first until version 13, which runs the vertical pass
+    first when the height shrinks much more than the width (python-pillow/Pillow#9549).
+    Rather than copy a rule that may change again, ask Pillow: resize a random image of
+    this size once and see which order reproduces it.
+    """
+    if in_h == out_h or in_w == out_w:
+        return False  # one pass only: the order does not matter
+    pixels = np.random.default_rng(in_h * 7919 + in_w).integers(0, 256, (in_h, in_w, 3), np.uint8)
+    expected = torch.from_numpy(
+        np.array(Image.fromarray(pixels).resize((out_w, out_h), Image.BILINEAR))
+    ).permute(2, 0, 1)
+    x = torch.from_numpy(pixels).permute(2, 0, 1).to(torch.float64)
+    plan_h = _axis_plan(in_w, out_w, 0, out_w, x.device)
+    plan_v = _axis_plan(in_h, out_h, 0, out_h, x.device)
+    mismatches = [
+        int((_resize_8bit(x, plan_v, plan_h, order) != expected).sum()) for order in (False, True)
+    ]
+    return mismatches[1] < mismatches[0]
+
+
 def pil_resize(
     image: Tensor, size: tuple[int, int], rows: slice | None = None, cols: slice | None = None
 ) -> Tensor:
@@ -139,8 +170,7 @@ def pil_resize(
     plan_v = _axis_plan(in_h, out_h, rows.start or 0, rows.stop, image.device)
     # Only the input rows and columns the two passes read are converted and resampled.
     x = _To8bit.apply(image[:, plan_v[0] : plan_v[1], plan_h[0] : plan_h[1]])
-    x = _resample_axis(x, plan_h, dim=2)  # Pillow: horizontal pass first
-    return _resample_axis(x, plan_v, dim=1)
+    return _resize_8bit(x, plan_v, plan_h, pil_vertical_first(in_h, in_w, out_h, out_w))
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,14 @@ def validate_boxes(boxes: Sequence[Sequence[float]], height: int, width: int) ->
             entirely outside the image.
     """
     out: list[Box] = []
+    if not isinstance(boxes, list | tuple):
+        raise ValueError(f"boxes must be a list of [x0, y0, x1, y1], got {boxes!r}")
     for raw in boxes:
-        if len(raw) != 4 or not all(isinstance(v, int | float) for v in raw):
+        if (
+            not isinstance(raw, list | tuple)
+            or len(raw) != 4
+            or not all(isinstance(v, int | float) for v in raw)
+        ):
             raise ValueError(f"a box must be [x0, y0, x1, y1], got {raw!r}")
         x0, y0, x1, y1 = (int(round(v)) for v in raw)
         if x1 <= x0 or y1 <= y0:

@@ -1,0 +1,150 @@
+"""pipeline.process_batch and classifiers.load_classifier on the tiny model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from adaptanon.classifiers import Classifier, load_classifier
+from adaptanon.encoding import Codec, to_image, to_pixels
+from adaptanon.filters import Mask
+from adaptanon.pipeline import (
+    CORRECTED,
+    ERROR,
+    FAILED,
+    UNCHANGED,
+    Settings,
+    encode_verified,
+    process_batch,
+)
+from adaptanon.preprocessing import Preprocess
+from adaptanon.regions import ExplicitBoxes, SaliencyBox
+
+
+def centre(img):
+    h, w = img.shape[1:]
+    return [w // 4, h // 4, 3 * w // 4, 3 * h // 4]
+
+
+def test_process_batch_statuses_and_outputs(tiny, synth_batch):
+    names = [f"img{i}.png" for i in range(len(synth_batch))]
+    boxes = {n: [centre(img)] for n, img in zip(names, synth_batch, strict=True)}
+    boxes[names[0]] = [[2, 2, 6, 6]]  # a small region: the class stays
+    boxes[names[1]] = [[500, 500, 600, 600]]  # outside the image: error for this image only
+    outs = process_batch(tiny, ExplicitBoxes(boxes), Settings(filter=Mask(1.0)), names, synth_batch)
+    assert [o.name for o in outs] == names
+    assert outs[1].status == ERROR and "regions" in outs[1].message and outs[1].data is None
+    assert outs[0].status == UNCHANGED and outs[0].steps == 0
+    statuses = {o.status for o in outs[2:]}
+    assert statuses <= {UNCHANGED, CORRECTED} and CORRECTED in statuses
+    with torch.no_grad():
+        original = tiny.logits(synth_batch).argmax(1)
+    for i, o in enumerate(outs):
+        if o.status == ERROR:
+            continue
+        assert o.original_class == int(original[i]) == o.final_class
+        assert (o.status == CORRECTED) == (o.anonymized_class != o.original_class)
+        assert o.final_margin > 0 and 0 < o.final_confidence <= 1
+        written = Codec("png").decode(o.data)
+        # Re-classify the written file: original class.
+        with torch.no_grad():
+            assert int(tiny.logits([to_image(written)]).argmax()) == o.original_class
+        # Outside the regions the file is the input, bit for bit.
+        outside = ~o.mask[0].numpy()
+        assert np.array_equal(written[outside], to_pixels(synth_batch[i])[outside])
+        assert np.array_equal(written, to_pixels(o.final))
+
+
+def test_process_batch_failed_when_no_steps_allowed(tiny, synth_batch):
+    names = [f"{i}.png" for i in range(len(synth_batch))]
+    src = ExplicitBoxes({n: [centre(img)] for n, img in zip(names, synth_batch, strict=True)})
+    outs = process_batch(tiny, src, Settings(filter=Mask(1.0), max_steps=0), names, synth_batch)
+    failed = [o for o in outs if o.status == FAILED]
+    assert failed, "masking the centre white should change the tiny model's class"
+    for o in failed:
+        assert o.final_class != o.original_class and o.steps == 0
+        assert "not met" in o.message and o.data is not None
+
+
+def test_process_batch_saliency_regions_lie_in_the_view(tiny, synth_batch):
+    names = [f"{i}.png" for i in range(len(synth_batch))]
+    outs = process_batch(tiny, SaliencyBox(8), Settings(), names, synth_batch)
+    for o, img in zip(outs, synth_batch, strict=True):
+        assert o.status in (UNCHANGED, CORRECTED)
+        (box,) = o.regions
+        g = tiny.preprocess.geometry(*img.shape[1:])
+        full = g.view_box_to_input((0, 0, g.crop, g.crop))
+        assert full[0] <= box[0] < box[2] <= full[2] and full[1] <= box[1] < box[3] <= full[3]
+        assert box[2] - box[0] >= 8 * g.scale - 1
+
+
+def test_process_batch_jpeg_output_keeps_class(tiny, synth_batch):
+    names = [f"{i}.png" for i in range(len(synth_batch))]
+    src = ExplicitBoxes({n: [centre(img)] for n, img in zip(names, synth_batch, strict=True)})
+    codec = Codec("jpg", 75)
+    outs = process_batch(tiny, src, Settings(filter=Mask(1.0), codec=codec), names, synth_batch)
+    for o in outs:
+        assert o.data[:2] == b"\xff\xd8"
+        if o.status in (UNCHANGED, CORRECTED):
+            with torch.no_grad():
+                pred = tiny.logits([to_image(codec.decode(o.data))]).argmax()
+            assert int(pred) == o.original_class
+
+
+def test_saliency_without_view_geometry_is_a_per_image_error(synth_batch):
+    """A classifier whose preprocessing is a plain callable has no view geometry: saliency
+    regions cannot be placed, which is an `error` for each image, not a crash."""
+    model = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(48, 5))
+    clf = Classifier(model, lambda img: img.to(torch.float32), name="plain")
+    imgs = [synth_batch[2], synth_batch[2].flip(-1)]  # same size: the model stacks them
+    outs = process_batch(clf, SaliencyBox(8), Settings(), ["a.png", "b.png"], imgs)
+    assert [o.status for o in outs] == [ERROR, ERROR]
+    assert all("saliency" in o.message for o in outs)
+
+
+def test_encode_verified_detects_a_mismatch():
+    img = torch.rand(3, 10, 10, generator=torch.Generator().manual_seed(0))
+    codec = Codec("png")
+    data, problem = encode_verified(codec, img, codec.roundtrip(img))
+    assert problem is None and np.array_equal(codec.decode(data), to_pixels(img))
+    other = (img + 3 / 255).clamp(0, 1)
+    _, problem = encode_verified(codec, img, other)
+    assert problem and "does not decode" in problem
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_load_classifier_forms(tiny, tmp_path):
+    assert load_classifier(tiny) is tiny
+    made = load_classifier("tiny_factory:make")
+    assert isinstance(made, Classifier) and made.name == "tiny"
+    assert made.class_name(3) == "class3" and made.class_name(99) == "99"
+    bare = load_classifier("tiny_factory:tiny_net", preprocess=Preprocess(40, 32))
+    assert isinstance(bare, Classifier) and bare.preprocess == Preprocess(40, 32)
+    # TorchScript file: a tiny linear model over a 4x4 view.
+    model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
+    path = tmp_path / "m.pt"
+    torch.jit.save(torch.jit.script(model), str(path))
+    ts = load_classifier(str(path), preprocess=Preprocess(4, 4))
+    x = torch.rand(3, 6, 6)
+    assert ts.logits([x]).shape == (1, 3) and ts.name == "m.pt"
+    for bad in ("no_such_model", "tiny_factory:nope", "no_such_module_xyz:make", "missing.pt"):
+        with pytest.raises(ValueError):
+            load_classifier(bad)
+
+
+def test_load_classifier_non_callable_factory_is_a_value_error():
+    """`--model module:attr` naming something that is not a function must give a clean
+    ValueError (a usage error in the CLI), not a TypeError traceback."""
+    with pytest.raises(ValueError):
+        load_classifier("tiny_factory:NUM_CLASSES")
+
+
+def test_classifier_inputs_batch_images_of_different_sizes(tiny, synth_batch):
+    x = tiny.inputs(synth_batch)
+    assert x.shape == (len(synth_batch), 3, 32, 32)
+    assert tiny.logits(synth_batch).shape == (len(synth_batch), 10)
+    assert tiny.device == torch.device("cpu")
+    assert not any(p.requires_grad for p in tiny.model.parameters())
+    assert not tiny.model.training
