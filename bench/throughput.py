@@ -28,7 +28,7 @@ from adaptanon.files import collect_inputs, read_image
 from adaptanon.filters import Blur
 from adaptanon.pipeline import Settings, process_batch
 from adaptanon.regions import SaliencyBox
-from adaptanon.runner import resolve_device
+from adaptanon.runner import default_batch_size, resolve_device
 
 
 def sync(device: torch.device) -> None:
@@ -77,12 +77,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", default="../shared/data/imagenet-sample")
     parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=None, help="default: 16 CPU, 256 GPU")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="default: 8 on CPU, 256 on GPU"
+    )
     parser.add_argument("--loop-limit", type=int, default=100, help="images for the one-image loop")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    batch = args.batch_size or (256 if device.type == "cuda" else 16)
+    batch = args.batch_size or (256 if device.type == "cuda" else default_batch_size(device))
     items = collect_inputs([args.images])[: args.limit]
     images = [to_image(read_image(item.path), device) for item in items]
     names = [item.relative.as_posix() for item in items]

@@ -20,7 +20,7 @@ from adaptanon.filters import Blur, Filter, Mask, Mosaic
 from adaptanon.manifest import Record
 from adaptanon.pipeline import Settings
 from adaptanon.regions import parse_region_source
-from adaptanon.runner import FAILED_DIR, Summary, resolve_device, run
+from adaptanon.runner import FAILED_DIR, Summary, default_batch_size, resolve_device, run
 
 err = Console(stderr=True)
 
@@ -133,14 +133,20 @@ def method_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="JPEG/WebP quality.",
         ),
         click.option(
+            "--png-compression",
+            type=click.IntRange(0, 9),
+            default=1,
+            show_default=True,
+            help="PNG zlib level: 9 for the smallest files, 1 for speed.",
+        ),
+        click.option(
             "--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."
         ),
         click.option(
             "--batch-size",
             type=click.IntRange(min=1),
-            default=16,
-            show_default=True,
-            help="Images per forward/backward pass.",
+            default=None,
+            help="Images per forward/backward pass [default: 8 on CPU, 64 on CUDA].",
         ),
     ]
     for option in reversed(options):
@@ -182,7 +188,7 @@ def build_settings(
         alpha=a,
         max_steps=kw["max_steps"],
         delta=kw["delta"],
-        codec=Codec(kw["fmt"], kw["quality"]),
+        codec=Codec(kw["fmt"], kw["quality"], kw["png_compression"]),
     )
 
 
@@ -236,7 +242,8 @@ def anonymize_paths(
             if rec.status == "error":
                 progress.console.print(f"[red]error[/red] {rec.input}: {rec.error}")
 
-        summary = run(items, out, classifier, source, settings, kw["batch_size"], advance)
+        batch = kw["batch_size"] or default_batch_size(classifier.device)
+        summary = run(items, out, classifier, source, settings, batch, advance)
     if not quiet:
         print_summary(summary, out)
     return summary
@@ -445,7 +452,7 @@ def evaluate_paths(
                 configs,
                 source,
                 lambda spec: load_model(spec, kw["device"]),
-                batch_size=kw["batch_size"],
+                batch_size=kw["batch_size"] or default_batch_size(resolve_device(kw["device"])),
                 examples=examples,
                 labels=labels,
                 on_config=on_config,

@@ -52,6 +52,7 @@ def run_demo(out: Path, device: str = "auto") -> int:
         "delta": None,
         "fmt": "png",
         "quality": 95,
+        "png_compression": 1,
         "device": device,
         "batch_size": 8,
     }

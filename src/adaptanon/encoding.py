@@ -36,16 +36,23 @@ def to_image(pixels: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
 
 @dataclass(frozen=True)
 class Codec:
-    """An output format: ``png`` (lossless), ``jpg`` or ``webp`` with ``quality``."""
+    """An output format: ``png`` (lossless), ``jpg`` or ``webp`` with ``quality``.
+
+    ``png_compression`` is zlib's level (0-9). The default 1, as in OpenCV, encodes about
+    4x faster than Pillow's default 6 for files about 10% larger.
+    """
 
     format: str = "png"
     quality: int = 95
+    png_compression: int = 1
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
             raise ValueError(f"unknown format {self.format!r}; choose from {', '.join(FORMATS)}")
         if not 1 <= self.quality <= 100:
             raise ValueError(f"quality must be in 1..100, got {self.quality}")
+        if not 0 <= self.png_compression <= 9:
+            raise ValueError(f"PNG compression must be in 0..9, got {self.png_compression}")
 
     @property
     def lossless(self) -> bool:
@@ -62,7 +69,7 @@ class Codec:
         buf = io.BytesIO()
         img = Image.fromarray(pixels, "RGB")
         if self.lossless:
-            img.save(buf, FORMATS[self.format], optimize=False, compress_level=6)
+            img.save(buf, FORMATS[self.format], compress_level=self.png_compression)
         else:
             img.save(buf, FORMATS[self.format], quality=self.quality)
         return buf.getvalue()

@@ -35,24 +35,19 @@ def _pil_bilinear_taps(in_size: int, out_size: int) -> tuple[Tensor, Tensor]:
     filterscale = max(scale, 1.0)
     support = 1.0 * filterscale
     ksize = int(math.ceil(support)) * 2 + 1
-    index = torch.zeros(out_size, ksize, dtype=torch.long)
-    weight = torch.zeros(out_size, ksize, dtype=torch.float64)
-    for xx in range(out_size):
-        center = (xx + 0.5) * scale
-        xmin = max(int(center - support + 0.5), 0)
-        xmax = min(int(center + support + 0.5), in_size) - xmin
-        taps = [max(0.0, 1.0 - abs((x + xmin - center + 0.5) / filterscale)) for x in range(xmax)]
-        total = sum(taps)
-        for x, w in enumerate(taps):
-            w = w / total if total else w
-            fixed = (
-                int(-0.5 + w * (1 << _PRECISION_BITS))
-                if w < 0
-                else int(0.5 + w * (1 << _PRECISION_BITS))
-            )
-            index[xx, x] = xmin + x
-            weight[xx, x] = fixed / (1 << _PRECISION_BITS)
-        index[xx, xmax:] = xmin
+    # Pillow's precompute_coeffs, vectorised; every operation in the same order as its C.
+    center = (np.arange(out_size) + 0.5) * scale
+    xmin = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)
+    xmax = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size) - xmin
+    x = np.arange(ksize)
+    arg = np.abs(((x[None, :] + xmin[:, None]) - center[:, None] + 0.5) * (1.0 / filterscale))
+    valid = x[None, :] < xmax[:, None]
+    w = np.where(valid & (arg < 1.0), 1.0 - arg, 0.0)
+    total = np.cumsum(w, axis=1)[:, -1:]  # a sequential sum, as in C
+    w = np.where(total != 0, w / np.where(total != 0, total, 1.0), w)
+    fixed = np.trunc(0.5 + w * (1 << _PRECISION_BITS))  # bilinear weights are >= 0
+    index = torch.from_numpy(np.where(valid, xmin[:, None] + x[None, :], xmin[:, None]))
+    weight = torch.from_numpy(fixed / (1 << _PRECISION_BITS))
     return index, weight
 
 
@@ -135,6 +130,8 @@ def pil_vertical_first(in_h: int, in_w: int, out_h: int, out_w: int) -> bool:
     """
     if in_h == out_h or in_w == out_w:
         return False  # one pass only: the order does not matter
+    if in_h - out_h <= in_w - out_w:
+        return False  # the height shrinks no more than the width: every Pillow goes across first
     pixels = np.random.default_rng(in_h * 7919 + in_w).integers(0, 256, (in_h, in_w, 3), np.uint8)
     expected = torch.from_numpy(
         np.array(Image.fromarray(pixels).resize((out_w, out_h), Image.BILINEAR))
