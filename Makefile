@@ -31,7 +31,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check src tests bench
 
 bench: $(STAMP)
-	$(PY) bench/imagenet_sample.py
+	bash bench/run_all.sh
 
 clean:
 	rm -rf $(VENV) out

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from docs_section import update_section
 from PIL import Image
 
 from adaptanon.classifiers import efficientnet_lite
@@ -33,8 +34,6 @@ CONFIGS = [
     ("blur", "jpg", ["--quality", "90"]),
     ("mask", "jpg", ["--quality", "90"]),
 ]
-MARK_BEGIN = "<!-- bench:imagenet_sample -->"
-MARK_END = "<!-- /bench:imagenet_sample -->"
 
 
 def plain_pil_input(path: Path, resize: int = 256, crop: int = 224) -> torch.Tensor:
@@ -124,7 +123,7 @@ def main() -> None:
     table = render(rows, args)
     print(table)
     if not args.no_docs and args.limit is None:
-        update_docs(table)
+        update_section("imagenet_sample", "Anonymize: decision changes on the written files", table)
 
 
 def render(rows: list[dict], args: argparse.Namespace) -> str:
@@ -155,24 +154,6 @@ def render(rows: list[dict], args: argparse.Namespace) -> str:
         + " images.",
     ]
     return "\n".join(lines)
-
-
-def update_docs(section: str) -> None:
-    """Replace the marked section of docs/results.md (append it if absent)."""
-    path = ROOT / "docs/results.md"
-    text = path.read_text() if path.exists() else "# Results\n"
-    block = f"{MARK_BEGIN}\n{section}\n{MARK_END}"
-    if MARK_BEGIN in text and MARK_END in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        text = head + block + rest.split(MARK_END, 1)[1]
-    else:
-        text = (
-            text.rstrip()
-            + "\n\n## Anonymize: decision changes on the written files\n\n"
-            + block
-            + "\n"
-        )
-    path.write_text(text)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import platform
 import time
 
 import torch
+from docs_section import update_section
 
 from adaptanon.classifiers import efficientnet_lite
 from adaptanon.encoding import to_image
@@ -82,6 +83,7 @@ def main() -> None:
     )
     parser.add_argument("--loop-limit", type=int, default=100, help="images for the one-image loop")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-docs", action="store_true", help="print only, leave docs alone")
     args = parser.parse_args()
     device = resolve_device(args.device)
     batch = args.batch_size or (256 if device.type == "cuda" else default_batch_size(device))
@@ -115,13 +117,24 @@ def main() -> None:
     row["pipeline_over_bound"] = row["pipeline_img_s"] / row["bound_img_s"]
     row["pipeline_over_loop"] = row["pipeline_img_s"] / row["loop_img_s"]
     print(json.dumps(row))
-    print(
-        "| device | images | batch | pipeline img/s | bound img/s | loop img/s | pipeline/bound | pipeline/loop |\n"
-        "|---|---|---|---|---|---|---|---|\n"
-        f"| {row['device']} ({row['cpu_cores']} cores) | {row['images']} | {batch} | {row['pipeline_img_s']:.2f} | "
-        f"{row['bound_img_s']:.2f} | {row['loop_img_s']:.2f} | {row['pipeline_over_bound']:.2f}x | "
-        f"{row['pipeline_over_loop']:.2f}x |"
+    table = (
+        "| device | images | batch | pipeline img/s | bound img/s | loop img/s | "
+        "pipeline/bound | pipeline/loop |\n|---|---|---|---|---|---|---|---|\n"
+        f"| {row['device']} ({row['cpu_cores']} cores) | {row['images']} | {batch} | "
+        f"{row['pipeline_img_s']:.2f} | {row['bound_img_s']:.2f} | {row['loop_img_s']:.2f} "
+        f"({n_loop} images) | {row['pipeline_over_bound']:.2f}x | {row['pipeline_over_loop']:.2f}x |"
     )
+    print(table)
+    if not args.no_docs and args.limit is None:
+        command = "`.venv/bin/python bench/throughput.py" + (
+            f" --device {args.device}`" if args.device != "auto" else "`"
+        )
+        text = (
+            f"Measured {time.strftime('%Y-%m-%d')} by {command} on {row['device']}, torch "
+            f"{row['torch']}, EfficientNet-Lite0, saliency box, blur, PNG, images decoded in "
+            f"memory beforehand; statuses {row['statuses']}.\n\n{table}"
+        )
+        update_section(f"throughput-{device.type}", f"Throughput ({device.type})", text)
 
 
 if __name__ == "__main__":
