@@ -232,3 +232,31 @@ def test_view_box_to_input_sub_box_is_inside_full_box_and_monotone():
     assert b[0] >= a[0] and b[1] >= a[1]
     # The box is scaled: 8 view pixels span about 8 * scale input pixels.
     assert a[2] - a[0] >= 8 * g.scale - 1
+
+
+@pytest.mark.parametrize("h,w", [(375, 500), (500, 375), (900, 300), (64, 80), (1200, 1600)])
+def test_update_equals_full_preprocessing_and_its_gradient(h, w):
+    spec = Preprocess(256, 224, EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD)
+    base_image = make_image(h, w, seed=h)
+    base = spec(base_image)
+    box = (w // 3, h // 4, w // 3 + w // 7, h // 4 + h // 6)
+    image = base_image.clone()
+    patch = make_image(box[3] - box[1], box[2] - box[0], seed=w)
+    image[:, box[1] : box[3], box[0] : box[2]] = patch
+    a = image.clone().requires_grad_(True)
+    b = image.clone().requires_grad_(True)
+    full, part = spec(a), spec.update(b, base, box)
+    assert torch.equal(full, part)
+    weights = torch.randn(full.shape, generator=torch.Generator().manual_seed(0))
+    (full * weights).sum().backward()
+    (part * weights).sum().backward()
+    inside = (slice(None), slice(box[1], box[3]), slice(box[0], box[2]))
+    assert torch.allclose(a.grad[inside], b.grad[inside])
+    assert float(b.grad[inside].abs().sum()) > 0
+
+
+def test_update_outside_the_view_returns_the_base():
+    spec = Preprocess(40, 32, (0.5,) * 3, (0.5,) * 3)
+    image = make_image(40, 80, seed=1)  # the crop drops the left and right ends
+    base = spec(image)
+    assert spec.update(image, base, (0, 0, 3, 40)) is base

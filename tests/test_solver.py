@@ -298,3 +298,17 @@ def test_jpeg_success_means_the_decoded_file_keeps_the_class(tiny, flipped):
         not np.array_equal(to_pixels(r), to_pixels(s))
         for r, s in zip(res.images, res.stored, strict=True)
     )
+
+
+def test_bases_give_the_same_result_as_full_preprocessing(tiny, flipped):
+    """With the originals' model inputs as bases only the view the masks reach is
+    recomputed; the steps, logits and stored pixels must not change."""
+    originals, anon, masks, target = flipped
+    bases = list(tiny.inputs(originals))
+    full = correct(tiny, anon, masks, target)
+    fast = correct(tiny, anon, masks, target, bases=bases)
+    assert torch.equal(full.steps, fast.steps)
+    assert torch.equal(full.success, fast.success)
+    assert torch.allclose(full.logits, fast.logits, atol=1e-5)
+    for a, b in zip(full.stored, fast.stored, strict=True):
+        assert torch.equal(a, b)

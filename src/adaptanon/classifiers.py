@@ -59,13 +59,35 @@ class Classifier:
         self.model.to(device)
         return self
 
-    def inputs(self, images: Sequence[Tensor]) -> Tensor:
-        """Preprocess ``B`` images of any sizes into one ``(B, 3, crop, crop)`` batch."""
-        return torch.stack([self.preprocess(img) for img in images])
+    def inputs(
+        self,
+        images: Sequence[Tensor],
+        bases: Sequence[Tensor] | None = None,
+        boxes: Sequence[tuple[int, int, int, int] | None] | None = None,
+    ) -> Tensor:
+        """Preprocess ``B`` images of any sizes into one ``(B, 3, crop, crop)`` batch.
 
-    def logits(self, images: Sequence[Tensor]) -> Tensor:
-        """``(B, N)`` logits for ``B`` images ``(3, H, W)`` in ``[0, 1]``."""
-        return self.model(self.inputs(images))
+        With ``bases`` (model inputs of images equal to these outside ``boxes``), only the
+        part of the view that a box reaches is recomputed, when the preprocessing allows.
+        """
+        if bases is None or boxes is None or not isinstance(self.preprocess, Preprocess):
+            return torch.stack([self.preprocess(img) for img in images])
+        p = self.preprocess
+        return torch.stack(
+            [
+                p(img) if box is None else p.update(img, base, box)
+                for img, base, box in zip(images, bases, boxes, strict=True)
+            ]
+        )
+
+    def logits(
+        self,
+        images: Sequence[Tensor],
+        bases: Sequence[Tensor] | None = None,
+        boxes: Sequence[tuple[int, int, int, int] | None] | None = None,
+    ) -> Tensor:
+        """``(B, N)`` logits for ``B`` images ``(3, H, W)`` in ``[0, 1]`` (see :meth:`inputs`)."""
+        return self.model(self.inputs(images, bases, boxes))
 
     def class_name(self, index: int) -> str:
         """Human-readable name of class ``index`` (the index itself when names are unknown)."""

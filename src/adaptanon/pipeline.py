@@ -68,19 +68,20 @@ def view_geometry(classifier: Classifier, image: Tensor) -> ViewGeometry | None:
 
 def classify_originals(
     classifier: Classifier, images: Sequence[Tensor], saliency: bool
-) -> tuple[Tensor, list[Tensor] | None]:
-    """Logits ``(B, N)`` of the originals and, if asked, per-image ``(crop, crop)`` maps of
-    absolute loss gradients at the classifier's view (the same forward pass serves both)."""
+) -> tuple[Tensor, list[Tensor] | None, Tensor]:
+    """Logits ``(B, N)`` of the originals, if asked per-image ``(crop, crop)`` maps of
+    absolute loss gradients at the classifier's view (the same forward pass serves both),
+    and the ``(B, 3, crop, crop)`` model inputs."""
     inputs = classifier.inputs(images)
     if not saliency:
         with torch.no_grad():
-            return classifier.model(inputs), None
+            return classifier.model(inputs), None, inputs
     inputs.requires_grad_(True)
     with torch.enable_grad():
         logits = classifier.model(inputs)
         loss = F.cross_entropy(logits, logits.argmax(1), reduction="sum")
         (grad,) = torch.autograd.grad(loss, [inputs])
-    return logits.detach(), list(grad.abs().sum(1))
+    return logits.detach(), list(grad.abs().sum(1)), inputs.detach()
 
 
 def process_batch(
@@ -97,7 +98,7 @@ def process_batch(
     """
     device = classifier.device
     images = [img.to(device) for img in images]
-    logits, saliency = classify_originals(classifier, images, source.uses_saliency)
+    logits, saliency, inputs = classify_originals(classifier, images, source.uses_saliency)
     probs = torch.softmax(logits, 1)
     original = logits.argmax(1)
     outcomes: list[Outcome] = []
@@ -138,6 +139,7 @@ def process_batch(
         max_steps=settings.max_steps,
         delta=settings.delta,
         codec=settings.codec,
+        bases=[inputs[i] for i in todo],
     )
     final_probs = torch.softmax(result.logits, 1)
     margins = logit_margin(result.logits, original[todo].to(result.logits.device))

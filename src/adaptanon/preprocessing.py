@@ -52,11 +52,15 @@ def _pil_bilinear_taps(in_size: int, out_size: int) -> tuple[Tensor, Tensor]:
 
 
 class _Round8bit(torch.autograd.Function):
-    """Pillow's ``clip8`` (round half up, clamp to [0, 255]); gradient passes straight through."""
+    """Pillow's ``clip8`` (round half up, clamp to [0, 255]); gradient passes straight through.
+
+    Bilinear weights are non-negative and their fixed-point sum exceeds 1 by at most
+    ``K * 2**-23``, so a pass over 0..255 stays within [0, 255.5) and needs no clamp.
+    """
 
     @staticmethod
     def forward(ctx: object, values: Tensor) -> Tensor:
-        return values.add(0.5).floor_().clamp_(0.0, 255.0)
+        return values.add(0.5).floor_()
 
     @staticmethod
     def backward(ctx: object, grad: Tensor) -> Tensor:
@@ -69,7 +73,7 @@ class _To8bit(torch.autograd.Function):
     @staticmethod
     def forward(ctx: object, image: Tensor) -> Tensor:
         ctx.dtype = image.dtype  # type: ignore[attr-defined]
-        return image.to(torch.float64).mul_(255.0).add_(0.5).floor_().clamp_(0.0, 255.0)
+        return image.to(torch.float64).clamp_(0.0, 1.0).mul_(255.0).round_()
 
     @staticmethod
     def backward(ctx: object, grad: Tensor) -> Tensor:
@@ -238,9 +242,45 @@ class Preprocess:
             rows=slice(g.top, g.top + self.crop),
             cols=slice(g.left, g.left + self.crop),
         )
-        mean = torch.tensor(self.mean, dtype=torch.float64, device=image.device).view(3, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float64, device=image.device).view(3, 1, 1)
+        return self._normalize(pixels)
+
+    def _normalize(self, pixels: Tensor) -> Tensor:
+        mean = torch.tensor(self.mean, dtype=torch.float64, device=pixels.device).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float64, device=pixels.device).view(3, 1, 1)
         return ((pixels / 255.0 - mean) / std).to(torch.float32)
+
+    def update(self, image: Tensor, base: Tensor, box: tuple[int, int, int, int]) -> Tensor:
+        """``self(image)``, given ``base = self(reference)`` for an image equal to ``image``
+        outside the half-open input box ``(x0, y0, x1, y1)``.
+
+        Only the view pixels whose resampling taps reach into the box are recomputed (the
+        same arithmetic, so the result is identical); the gradient reaches the box.
+
+        Args:
+            image: ``(3, H, W)``; base: ``(3, crop, crop)`` from :meth:`__call__`.
+        """
+        g = self.geometry(image.shape[-2], image.shape[-1])
+        rows = _affected(image.shape[-2], g.resized[0], box[1], box[3], g.top, self.crop)
+        cols = _affected(image.shape[-1], g.resized[1], box[0], box[2], g.left, self.crop)
+        if rows is None or cols is None:
+            return base
+        band = self._normalize(pil_resize(image, g.resized, rows=rows, cols=cols))
+        out = base.detach().clone()
+        out[:, rows.start - g.top : rows.stop - g.top, cols.start - g.left : cols.stop - g.left] = (
+            band
+        )
+        return out
+
+
+def _affected(in_size: int, out_size: int, lo: int, hi: int, start: int, n: int) -> slice | None:
+    """The outputs in ``start..start+n-1`` whose taps read inputs in ``lo..hi-1``, as a slice
+    of resized coordinates (they are contiguous), or None."""
+    index, weight = _pil_bilinear_taps(in_size, out_size)
+    index, weight = index[start : start + n], weight[start : start + n]
+    reads = ((index >= lo) & (index < hi) & (weight > 0)).any(1).nonzero()
+    if len(reads) == 0:
+        return None
+    return slice(start + int(reads[0]), start + int(reads[-1]) + 1)
 
 
 class PreprocessModule(nn.Module):

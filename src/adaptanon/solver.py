@@ -62,6 +62,15 @@ def normalized_step(grad: Tensor, mask: Tensor, alpha: float) -> Tensor:
     return -alpha * g / peak
 
 
+def mask_box(mask: Tensor) -> tuple[int, int, int, int] | None:
+    """Bounding box ``(x0, y0, x1, y1)`` (half-open) of a ``(1, H, W)`` mask; None if empty."""
+    rows = mask[0].any(1).nonzero()
+    cols = mask[0].any(0).nonzero()
+    if len(rows) == 0:
+        return None
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+
+
 def project(image: Tensor, start: Tensor, mask: Tensor, delta: float | None) -> Tensor:
     """Clamp to ``[0, 1]``, to the L-inf ball of radius ``delta`` around ``start`` inside
     ``mask``, and to ``start`` outside it. All ``(3, H, W)`` except ``mask`` ``(1, H, W)``."""
@@ -83,6 +92,7 @@ def correct(
     max_steps: int = 100,
     delta: float | None = None,
     codec: Codec | None = None,
+    bases: Sequence[Tensor] | None = None,
 ) -> SolverResult:
     """Correct anonymized images until the classifier's decision matches ``target``.
 
@@ -98,6 +108,9 @@ def correct(
         delta: optional L-inf bound around the anonymized pixels.
         codec: how the image is stored; each check is done on the stored pixels
             (default: PNG, i.e. rounding to 8 bits).
+        bases: optional ``B`` model inputs (``classifier.inputs``) of images equal to
+            ``images`` outside the masks, e.g. the originals; with a lossless codec only the
+            part of the view the masks reach is then recomputed at each step.
 
     Returns:
         A :class:`SolverResult`; ``success`` is False for images that did not meet the
@@ -115,6 +128,7 @@ def correct(
     start = [img.detach().to(device, torch.float32) for img in images]
     masks = [m.to(device) for m in masks]
     state = [s.clone() for s in start]
+    boxes = [mask_box(m) for m in masks] if bases is not None and codec.lossless else None
     stored: list[Tensor] = [s for s in start]
     initial: list[Tensor] = [s for s in start]
     success = torch.zeros(n, dtype=torch.bool)
@@ -126,7 +140,12 @@ def correct(
         leaves = [state[i].requires_grad_(True) for i in active]
         seen = [codec.roundtrip(x) for x in leaves]
         with torch.enable_grad():
-            logits = classifier.logits(seen)
+            if boxes is None:
+                logits = classifier.logits(seen)
+            else:
+                logits = classifier.logits(
+                    seen, [bases[i] for i in active], [boxes[i] for i in active]
+                )
         if reference is None:
             ref = torch.softmax(logits.detach(), 1)
         else:
