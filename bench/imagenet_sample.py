@@ -68,18 +68,20 @@ def run_config(images: Path, out: Path, filt: str, fmt: str, extra: list[str], l
     inputs = [str(images)]
     if limit:
         inputs = [str(p) for p in sorted(images.glob("*.JPEG"))[:limit]]
+    shown = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
     cmd = [
-        str(ROOT / ".venv/bin/adaptanon"), "anonymize", *inputs, "-o", str(out),
+        "adaptanon", "anonymize", *inputs, "-o", str(shown),
         "--filter", filt, "--format", fmt, "--regions", "saliency", "--alpha", "0.1", "-q",
         *extra,
     ]  # fmt: skip
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    exe = [str(ROOT / ".venv/bin/adaptanon"), *cmd[1:]]
+    proc = subprocess.run(exe, capture_output=True, text=True, cwd=ROOT)
     seconds = time.perf_counter() - start
     if proc.returncode not in (0, 1):
         sys.exit(f"command failed: {' '.join(cmd)}\n{proc.stderr}")
     lines = (out / "manifest.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines], seconds, " ".join(cmd[1:])
+    return [json.loads(line) for line in lines], seconds, " ".join(cmd)
 
 
 def main() -> None:
@@ -95,8 +97,8 @@ def main() -> None:
         out = args.out / f"{filt}-{fmt}"
         records, seconds, cmd = run_config(args.images, out, filt, fmt, extra, args.limit)
         ok = [r for r in records if r["status"] != "error"]
-        originals = plain_classes(model, [Path(r["input"]) for r in ok])
-        written = plain_classes(model, [Path(r["output"]) for r in ok])
+        originals = plain_classes(model, [ROOT / r["input"] for r in ok])
+        written = plain_classes(model, [ROOT / r["output"] for r in ok])
         changed_file = sum(a != b for a, b in zip(originals, written, strict=True))
         agree = sum(a == r["original_class"] for a, r in zip(originals, ok, strict=True))
         vulnerable = [r for r in ok if r["anonymized_class"] != r["original_class"]]
