@@ -55,8 +55,11 @@ class Classifier:
         return torch.device("cpu")
 
     def to(self, device: str | torch.device) -> Classifier:
-        """Move the model to ``device``; returns self."""
+        """Move the model to ``device`` (channels-last on CUDA, faster there); returns self."""
+        device = torch.device(device)
         self.model.to(device)
+        if device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
         return self
 
     def inputs(
@@ -71,14 +74,18 @@ class Classifier:
         part of the view that a box reaches is recomputed, when the preprocessing allows.
         """
         if bases is None or boxes is None or not isinstance(self.preprocess, Preprocess):
-            return torch.stack([self.preprocess(img) for img in images])
-        p = self.preprocess
-        return torch.stack(
-            [
-                p(img) if box is None else p.update(img, base, box)
-                for img, base, box in zip(images, bases, boxes, strict=True)
-            ]
-        )
+            batch = torch.stack([self.preprocess(img) for img in images])
+        else:
+            p = self.preprocess
+            batch = torch.stack(
+                [
+                    p(img) if box is None else p.update(img, base, box)
+                    for img, base, box in zip(images, bases, boxes, strict=True)
+                ]
+            )
+        if batch.is_cuda:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
 
     def logits(
         self,
