@@ -15,11 +15,11 @@ from rich.table import Table
 from adaptanon.classifiers import BUILTIN_MODELS, DEFAULT_MODEL, load_classifier
 from adaptanon.criteria import parse_criterion
 from adaptanon.encoding import FORMATS, Codec
-from adaptanon.files import collect_inputs
+from adaptanon.files import InputImage, collect_inputs
 from adaptanon.filters import Blur, Filter, Mask, Mosaic
 from adaptanon.manifest import Record
 from adaptanon.pipeline import Settings
-from adaptanon.regions import parse_region_source
+from adaptanon.regions import RegionSource, parse_region_source
 from adaptanon.runner import FAILED_DIR, Summary, default_batch_size, resolve_device, run
 
 err = Console(stderr=True)
@@ -212,11 +212,10 @@ def print_summary(summary: Summary, out_dir: Path) -> None:
         err.print(f"[yellow]failed images are under {out_dir / FAILED_DIR}/[/yellow]")
 
 
-def anonymize_paths(
-    inputs: list[str], out: Path, kw: dict[str, Any], quiet: bool = False
-) -> Summary:
-    """Run ``anonymize`` on ``inputs`` with the parsed shared options."""
-    settings = build_settings(kw)
+def regions_and_inputs(
+    inputs: list[str], out: Path, kw: dict[str, Any]
+) -> tuple[RegionSource, list[InputImage]]:
+    """The region source and the input images, with usage errors for bad values."""
     try:
         source = parse_region_source(kw["regions"])
     except ValueError as exc:
@@ -225,16 +224,29 @@ def anonymize_paths(
         items = collect_inputs(inputs, exclude=out)
     except FileNotFoundError as exc:
         raise click.BadParameter(str(exc), param_hint="INPUT") from exc
-    classifier = load_model(kw["model"], kw["device"])
-    with Progress(
+    return source, items
+
+
+def progress_bar(quiet: bool) -> Progress:
+    """A progress bar on stderr (disabled with ``quiet``)."""
+    return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         console=err,
         disable=quiet,
-        transient=False,
-    ) as progress:
+    )
+
+
+def anonymize_paths(
+    inputs: list[str], out: Path, kw: dict[str, Any], quiet: bool = False
+) -> Summary:
+    """Run ``anonymize`` on ``inputs`` with the parsed shared options."""
+    settings = build_settings(kw)
+    source, items = regions_and_inputs(inputs, out, kw)
+    classifier = load_model(kw["model"], kw["device"])
+    with progress_bar(quiet) as progress:
         task = progress.add_task("anonymizing", total=len(items))
 
         def advance(rec: Record) -> None:
@@ -410,27 +422,12 @@ def evaluate_paths(
     from adaptanon.evaluate import evaluate, find_labels
 
     configs = sweep_configs(kw)
-    try:
-        source = parse_region_source(kw["regions"])
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--regions") from exc
-    try:
-        items = collect_inputs(inputs, exclude=out)
-    except FileNotFoundError as exc:
-        raise click.BadParameter(str(exc), param_hint="INPUT") from exc
+    source, items = regions_and_inputs(inputs, out, kw)
     try:
         labels = find_labels(items)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="INPUT") from exc
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        disable=quiet,
-        transient=False,
-    ) as progress:
+    with progress_bar(quiet) as progress:
         overall = progress.add_task("all configurations", total=len(configs) * len(items))
         current = progress.add_task("", total=len(items), visible=False)
 
