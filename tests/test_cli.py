@@ -361,3 +361,25 @@ def test_relative_paths_are_kept_with_png_extension(inputs, tmp_path):
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
     assert written == ["a.png", "b.png", "sub/c.png", "sub/d.png"]
     assert sorted(os.listdir(out)) == ["a.png", "b.png", "manifest.jsonl", "sub"]
+
+
+@pytest.mark.parametrize(
+    "device,message",
+    [("banana", "unknown device"), ("cuda", "no CUDA GPU")],
+)
+def test_bad_device_is_a_usage_error(inputs, tmp_path, device, message):
+    if device == "cuda" and torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    res = run_cli("anonymize", inputs, "-o", tmp_path / "out", "--model", "tiny_factory:make",
+                  "--device", device, "-q")  # fmt: skip
+    assert res.exit_code == 2
+    assert "--device" in res.output and message in res.output
+    assert not (tmp_path / "out" / "manifest.jsonl").exists()
+
+
+def test_out_defaults_to_anonymized_in_the_working_directory(inputs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = run_cli("anonymize", inputs, *TINY, "--regions", "saliency:8")
+    assert res.exit_code in (0, 1), res.output
+    recs = read_manifest(tmp_path / "anonymized" / "manifest.jsonl")
+    assert recs and all(Path(r["output"]).parts[0] == "anonymized" for r in recs if r["output"])

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -192,10 +193,19 @@ def build_settings(
     )
 
 
+def device_option(name: str) -> torch.device:
+    """``--device`` as a torch device, with a usage error for a bad value."""
+    try:
+        return resolve_device(name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--device") from exc
+
+
 def load_model(spec: str, device: str) -> Any:
     """The classifier on its device, with CLI-friendly errors."""
+    target = device_option(device)
     try:
-        return load_classifier(spec).to(resolve_device(device))
+        return load_classifier(spec).to(target)
     except (ValueError, RuntimeError) as exc:
         raise click.BadParameter(str(exc), param_hint="--model") from exc
 
@@ -274,7 +284,8 @@ def main() -> None:
     "--out",
     "out",
     type=click.Path(file_okay=False, path_type=Path),
-    required=True,
+    default=Path("anonymized"),
+    show_default=True,
     help="Output folder (inputs keep their relative paths).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
@@ -449,7 +460,7 @@ def evaluate_paths(
                 configs,
                 source,
                 lambda spec: load_model(spec, kw["device"]),
-                batch_size=kw["batch_size"] or default_batch_size(resolve_device(kw["device"])),
+                batch_size=kw["batch_size"] or default_batch_size(device_option(kw["device"])),
                 examples=examples,
                 labels=labels,
                 on_config=on_config,

@@ -24,10 +24,20 @@ every file elsewhere under ``OUT`` keeps the original class."""
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when available, else CPU; other names pass to ``torch.device``."""
+    """``auto`` picks CUDA when available, else CPU; other names pass to ``torch.device``.
+
+    Raises:
+        ValueError: the name is not a device, or names CUDA where none is available.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but this torch build sees no CUDA GPU")
+    return device
 
 
 def default_batch_size(device: torch.device) -> int:
