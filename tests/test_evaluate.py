@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -316,7 +317,10 @@ def test_resume_skips_done_images_and_matches_an_uninterrupted_run(tmp_path: Pat
         loads.append(spec)
         return tiny_classifier()
 
-    full = evaluate(items, tmp_path / "full", configs, source, load, batch_size=2)
+    # Resume mechanics with every image computed (no sharing across step sizes).
+    full = evaluate(
+        items, tmp_path / "full", configs, source, load, batch_size=2, share_unchanged=False
+    )
     total = len(items) * len(configs)
     # The sweep covers every outcome: mask changes one class, corrected in 1 step at
     # alpha 0.5, not within 3 steps at alpha 0.05.
@@ -331,7 +335,10 @@ def test_resume_skips_done_images_and_matches_an_uninterrupted_run(tmp_path: Pat
         computed.append((config.key, r.path))
 
     # Stop after 10 images (mid second configuration; a multiple of the batch size).
-    partial = evaluate(items, out, configs, source, load, batch_size=2, limit=10, on_row=record)
+    partial = evaluate(
+        items, out, configs, source, load, batch_size=2, limit=10, on_row=record,
+        share_unchanged=False,
+    )  # fmt: skip
     assert len(computed) == 10
     assert [r["complete"] for r in partial] == [True, False, False, False]
     first = set(computed)
@@ -347,11 +354,16 @@ def test_resume_skips_done_images_and_matches_an_uninterrupted_run(tmp_path: Pat
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(items, out / "cache", configs, source, load, batch_size=2, on_row=interrupt)
+        run_sweep(
+            items, out / "cache", configs, source, load, batch_size=2, on_row=interrupt,
+            share_unchanged=False,
+        )  # fmt: skip
     cached_after_interrupt = 14  # 10 + two batches of 2
 
     computed.clear()
-    resumed = evaluate(items, out, configs, source, load, batch_size=2, on_row=record)
+    resumed = evaluate(
+        items, out, configs, source, load, batch_size=2, on_row=record, share_unchanged=False
+    )
     assert len(computed) == total - cached_after_interrupt
     assert not first & set(computed)
     assert comparable(resumed) == comparable(full)
@@ -360,9 +372,38 @@ def test_resume_skips_done_images_and_matches_an_uninterrupted_run(tmp_path: Pat
     # Everything cached: a rerun computes nothing and does not even load the model.
     computed.clear()
     loads.clear()
-    again = evaluate(items, out, configs, source, load, batch_size=2, on_row=record)
+    again = evaluate(
+        items, out, configs, source, load, batch_size=2, on_row=record, share_unchanged=False
+    )
     assert computed == [] and loads == []
     assert comparable(again) == comparable(full)
+
+
+def test_unchanged_images_are_shared_across_step_sizes(tmp_path: Path) -> None:
+    """Configurations that differ only in alpha anonymize identically: an image left
+    unchanged by one is copied to the others, and the results stay the same."""
+    items = noise_images(tmp_path / "images", 8)
+    configs = sweep_configs()  # (blur, mask) x (alpha 0.05, 0.5)
+    source = SaliencyBox(12)
+    alone = run_sweep(
+        items, tmp_path / "alone", configs, source, lambda _: tiny_classifier(), batch_size=2,
+        share_unchanged=False,
+    )  # fmt: skip
+    computed: list[str] = []
+    shared = run_sweep(
+        items, tmp_path / "shared", configs, source, lambda _: tiny_classifier(), batch_size=2,
+        on_row=lambda config, r: computed.append(config.key),
+    )  # fmt: skip
+    for a, b in zip(alone, shared, strict=True):
+        strip = [{**asdict(r), "seconds": 0} for r in a.rows]
+        assert strip == [{**asdict(r), "seconds": 0} for r in b.rows]
+        assert b.complete
+    # The second alpha of each filter computes only what the first did not leave unchanged.
+    for first, second in ((0, 1), (2, 3)):
+        kept = sum(r.status == "unchanged" for r in alone[first].rows)
+        assert kept > 0
+        assert computed.count(configs[first].key) == len(items)
+        assert computed.count(configs[second].key) == len(items) - kept
 
 
 def test_unreadable_images_are_retried_and_counted_as_errors(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +91,13 @@ class Config:
         """Short hash of :meth:`identity`: the name of this configuration's cache."""
         text = json.dumps(self.identity(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def step_free_key(self) -> str:
+        """Hash of :meth:`identity` without the step size: configurations that share it
+        anonymize identically, so an image unchanged by one is unchanged by all."""
+        ident = {k: v for k, v in self.identity().items() if k != "alpha"}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
     def label(self) -> str:
@@ -540,6 +547,7 @@ def run_sweep(
     limit: int | None = None,
     on_config: Callable[[Config, int, int], None] | None = None,
     on_row: Callable[[Config, ImageRow], None] | None = None,
+    share_unchanged: bool = True,
 ) -> list[SweepResult]:
     """Evaluate every configuration on ``items``, resuming from ``cache_dir``.
 
@@ -551,15 +559,30 @@ def run_sweep(
         on_config: called with (config, images already cached, images in all) as each
             configuration starts.
         on_row: called with each newly computed row.
+        share_unchanged: reuse the row of an image that plain anonymization left
+            unchanged (status ``unchanged``, 0 steps) for every configuration that differs
+            only in the step size: the step size plays no part before the first step.
+            Such rows are copied, not computed, and keep the first one's timing.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     budget = math.inf if limit is None else limit
     models: dict[str, Classifier] = {}
     results: list[SweepResult] = []
+    unchanged: dict[str, dict[str, ImageRow]] = {}
     for config in configs:
         cache = ConfigCache(cache_dir, config)
         done = cache.read()
+        shared = unchanged.setdefault(config.step_free_key, {})
+        if share_unchanged:
+            shared.update({k: r for k, r in done.items() if r.status == UNCHANGED})
+            copies = [
+                replace(shared[image_key(item)], example=None)
+                for item in pending_items(items, done)
+                if image_key(item) in shared
+            ]
+            cache.append(copies)
+            done.update((r.path, r) for r in copies)
         todo = pending_items(items, done)
         if on_config:
             on_config(config, len(items) - len(todo), len(items))
@@ -583,6 +606,8 @@ def run_sweep(
             budget -= len(rows)
             for row in rows:
                 done[row.path] = row
+                if row.status == UNCHANGED:
+                    shared[row.path] = row
                 if on_row:
                     on_row(config, row)
         ordered = [done[k] for k in map(image_key, items) if k in done]
@@ -603,6 +628,7 @@ def evaluate(
     labels: Mapping[str, int] | None = None,
     on_config: Callable[[Config, int, int], None] | None = None,
     on_row: Callable[[Config, ImageRow], None] | None = None,
+    share_unchanged: bool = True,
 ) -> list[dict[str, Any]]:
     """Run the sweep (see :func:`run_sweep`) and write ``results.json``, ``results.csv``,
     ``results.md`` and ``report.html`` to ``out_dir``. Returns the results rows, one per
@@ -622,6 +648,7 @@ def evaluate(
         limit=limit,
         on_config=on_config,
         on_row=on_row,
+        share_unchanged=share_unchanged,
     )
     labels = find_labels(items) if labels is None else labels
     summaries = [summarize(s.config, s.rows, labels) for s in swept]
