@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 from torch import Tensor
 
@@ -468,15 +467,6 @@ def outcome_row(item: InputImage, out: Outcome, seconds: float, classifier: Clas
     )
 
 
-def anonymized_confidences(classifier: Classifier, outs: Sequence[Outcome]) -> list[float]:
-    """The classifier's confidence in ``anonymized_class`` for each plainly anonymized image."""
-    if not outs:
-        return []
-    with torch.no_grad():
-        probs = torch.softmax(classifier.logits([o.anonymized for o in outs]), 1)
-    return [float(probs[i, o.anonymized_class]) for i, o in enumerate(outs)]
-
-
 def process_items(
     classifier: Classifier,
     source: RegionSource,
@@ -507,9 +497,8 @@ def process_items(
         changed = out.anonymized is not None and out.anonymized_class != out.original_class
         if changed and len(picked) < examples_left:
             picked.append((i, out))
-    confidences = anonymized_confidences(classifier, [o for _, o in picked])
-    for (i, out), conf in zip(picked, confidences, strict=True):
-        rows[i].anonymized_confidence = conf
+    for i, out in picked:
+        rows[i].anonymized_confidence = out.anonymized_confidence
         rows[i].example = save_example(examples_dir, first_example, out)
         first_example += 1
     return [rows[i] for i in range(len(loaded))]

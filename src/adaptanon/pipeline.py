@@ -50,6 +50,7 @@ class Outcome:
     anonymized_class: int | None = None
     final_class: int | None = None
     original_confidence: float | None = None
+    anonymized_confidence: float | None = None
     final_confidence: float | None = None
     final_margin: float | None = None
     data: bytes | None = None
@@ -141,6 +142,7 @@ def process_batch(
         codec=settings.codec,
         bases=[inputs[i] for i in todo],
     )
+    initial_probs = torch.softmax(result.initial_logits, 1)
     final_probs = torch.softmax(result.logits, 1)
     margins = logit_margin(result.logits, original[todo].to(result.logits.device))
     for j, i in enumerate(todo):
@@ -149,6 +151,7 @@ def process_batch(
         out.final = result.stored[j]
         out.steps = int(result.steps[j])
         out.anonymized_class = int(result.initial_logits[j].argmax())
+        out.anonymized_confidence = float(initial_probs[j, out.anonymized_class])
         out.final_class = int(result.logits[j].argmax())
         out.final_confidence = float(final_probs[j, out.final_class])
         out.final_margin = float(margins[j])
