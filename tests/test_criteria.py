@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adaptanon.criteria import (
+from adaptanon.method.criteria import (
     DEFAULT_MARGIN,
     AllOf,
     ProbabilityDistance,
@@ -103,10 +103,29 @@ def test_describe_round_trips_through_parse(spec):
     assert parse_criterion(crit.describe()) == crit
 
 
-def test_same_class_with_negative_margin_never_accepts_another_class():
-    """`--criterion margin:-1` is accepted by the parser; the criterion must still promise the
-    original class, or the pipeline would report `corrected` for files whose class changed."""
-    crit = parse_criterion("margin:-1")
-    target = torch.tensor([1, 0])
-    logits = torch.tensor([[1.0, 0.5, 0.0], [0.2, 0.9, 0.0]])  # target is not top-1 in both
-    assert crit(logits, target, torch.softmax(logits, 1)).tolist() == [False, False]
+@pytest.mark.parametrize(
+    "spec", ["margin:-1", "margin:nan", "margin:inf", "prob:-1", "prob:0", "prob:nan", "margin:x"]
+)
+def test_criteria_out_of_range_are_refused(spec):
+    """A negative, zero-width or non-finite margin or epsilon would promise nothing (NaN
+    compares false, so `margin:nan` reported `corrected` for anything): refused at parse."""
+    with pytest.raises(ValueError):
+        parse_criterion(spec)
+
+
+@pytest.mark.parametrize(
+    "crit",
+    [
+        SameClass(),
+        SameClass(0.5),
+        AllOf((SameClass(), ProbabilityDistance(0.2))),
+        AllOf((SameClass(0.5), ProbabilityDistance(0.2))),
+        AllOf((SameClass(),)),
+    ],
+)
+def test_describe_parses_back(crit):
+    back = parse_criterion(crit.describe())
+    logits = torch.tensor([[1.0, 0.5, 0.0], [0.2, 0.9, 0.0], [3.0, 2.8, 0.0]])
+    target, ref = torch.tensor([0, 1, 0]), torch.softmax(torch.tensor([[1.0, 0.4, 0.0]] * 3), 1)
+    assert back(logits, target, ref).tolist() == crit(logits, target, ref).tolist()
+    assert back.describe() == crit.describe()

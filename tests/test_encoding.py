@@ -10,7 +10,7 @@ import torch
 from conftest import make_image, to_uint8
 from PIL import Image
 
-from adaptanon.encoding import FORMATS, Codec, to_image, to_pixels
+from adaptanon.io.codecs import FORMATS, Codec, to_image, to_pixels
 
 
 def random_pixels(h=37, w=53, seed=0) -> np.ndarray:
@@ -83,13 +83,12 @@ def test_quality_bounds(quality):
         Codec("jpg", quality)
 
 
-def test_quality_extremes_accepted_and_unknown_format_rejected():
+def test_quality_extremes_and_aliases_accepted_and_unknown_format_rejected():
     Codec("jpg", 1)
     Codec("webp", 100)
     with pytest.raises(ValueError):
         Codec("gif")
-    with pytest.raises(ValueError):
-        Codec("jpeg")
+    assert Codec("jpeg").format == Codec("JPG").format == "jpg"
 
 
 @pytest.mark.parametrize("fmt", ["png", "jpg", "webp"])

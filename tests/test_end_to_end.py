@@ -16,7 +16,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from adaptanon.cli import main
-from adaptanon.manifest import REQUIRED_KEYS, read_manifest
+from adaptanon.io.manifest import read_manifest
+from adaptanon.records import REQUIRED_KEYS
 
 PHOTOS = {  # input relative path -> scikit-image photo
     "chelsea.png": "chelsea.png",
@@ -149,9 +150,9 @@ def test_end_to_end_saliency_regions(saliency_run, photo_inputs, lite0):
 def test_end_to_end_explicit_boxes(boxes_run, photo_inputs, lite0):
     res, out = boxes_run
     recs = {Path(r["input"]).name: r for r in read_manifest(out / "manifest.jsonl")}
-    # coffee.png has no boxes: nothing to anonymize, written unchanged.
+    # coffee.png has no boxes: nothing to anonymize, written re-encoded as `no_regions`.
     coffee = recs.pop("coffee.png")
-    assert coffee["regions"] == [] and coffee["status"] == "unchanged"
+    assert coffee["regions"] == [] and coffee["status"] == "no_regions"
     assert np.array_equal(rgb(Path(coffee["input"])), rgb(Path(coffee["output"])))
     assert recs["rocket.jpg"]["regions"] == [[250, 50, 400, 300], [0, 0, 100, 80]]
     assert recs["camera.png"]["regions"] == [[200, 60, 330, 220]]

@@ -6,14 +6,14 @@ import pytest
 import torch
 from conftest import make_image
 
-from adaptanon.filters import (
+from adaptanon.method.filters import (
     Blur,
     Mask,
     Mosaic,
     anonymize,
     gaussian_blur,
     gaussian_kernel1d,
-    make_filter,
+    parse_filter,
     pixelate,
     solid,
 )
@@ -205,10 +205,10 @@ def test_mosaic_scales_block_with_input_resolution():
     assert torch.allclose(unscaled[:, 0:4, 0:4], unscaled[:, :1, :1].expand(3, 4, 4))
 
 
-def test_make_filter_and_descriptions():
-    assert isinstance(make_filter("blur", kernel=5, sigma=2.0), Blur)
-    assert make_filter("mask", value=0.1).describe() == "mask(value=0.1)"
-    assert isinstance(make_filter("mosaic", block=3), Mosaic)
+def test_parse_filter_and_descriptions():
+    assert isinstance(parse_filter("blur", kernel=5, sigma=2.0), Blur)
+    assert parse_filter("mask", value=0.1).describe() == "mask(value=0.1)"
+    assert isinstance(parse_filter("mosaic", block=3), Mosaic)
     assert "kernel=9" in Blur().describe()
     with pytest.raises(ValueError):
-        make_filter("smudge")
+        parse_filter("smudge")

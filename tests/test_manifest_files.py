@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adaptanon.files import atomic_write, collect_inputs, read_image
-from adaptanon.manifest import REQUIRED_KEYS, STATUSES, ManifestWriter, Record, read_manifest
+from adaptanon.io import atomic_write, collect_inputs, read_image
+from adaptanon.io.manifest import ManifestWriter, read_manifest
+from adaptanon.records import REQUIRED_KEYS, ImageRecord, Status
 
 
 def test_record_has_all_required_keys():
-    rec = Record(input="a.jpg", output="out/a.png", status="corrected", regions=[[1, 2, 3, 4]])
+    rec = ImageRecord(input="a.jpg", output="out/a.png", status="corrected", regions=[[1, 2, 3, 4]])
     data = json.loads(rec.to_json())
     assert set(REQUIRED_KEYS) <= set(data)
     assert data["regions"] == [[1, 2, 3, 4]]
@@ -22,23 +23,23 @@ def test_record_has_all_required_keys():
     assert "\n" not in rec.to_json()
 
 
-@pytest.mark.parametrize("status", STATUSES)
+@pytest.mark.parametrize("status", [str(s) for s in Status])
 def test_record_accepts_every_status(status):
-    assert Record(input="a", output=None, status=status).status == status
+    assert ImageRecord(input="a", output=None, status=status).status == status
 
 
 @pytest.mark.parametrize("status", ["ok", "", "Corrected", "done"])
 def test_record_rejects_invalid_status(status):
     with pytest.raises(ValueError):
-        Record(input="a", output=None, status=status)
+        ImageRecord(input="a", output=None, status=status)
 
 
 def test_manifest_writer_one_line_per_record(tmp_path):
     path = tmp_path / "deep" / "manifest.jsonl"
     recs = [
-        Record(input="a.png", output="o/a.png", status="unchanged", steps=0, original_class=3),
-        Record(input="ü b.png", output=None, status="error", error="cannot read"),
-        Record(input="c.png", output="o/_failed/c.png", status="failed", steps=100),
+        ImageRecord(input="a.png", output="o/a.png", status="unchanged", steps=0, original_class=3),
+        ImageRecord(input="ü b.png", output=None, status="error", error="cannot read"),
+        ImageRecord(input="c.png", output="o/_failed/c.png", status="failed", steps=100),
     ]
     with ManifestWriter(path) as writer:
         for i, r in enumerate(recs):

@@ -7,17 +7,18 @@ import pytest
 import torch
 from torch import nn
 
-from adaptanon.classifiers import Classifier, load_classifier
-from adaptanon.encoding import Codec, to_image, to_pixels
-from adaptanon.filters import Mask
-from adaptanon.pipeline import (
-    CORRECTED,
-    ERROR,
-    FAILED,
-    UNCHANGED,
-    Settings,
-    encode_verified,
-    process_batch,
+from adaptanon.classifiers import TorchClassifier, load_classifier
+from adaptanon.io.codecs import Codec, to_image, to_pixels
+from adaptanon.method.filters import Mask
+from adaptanon.method.pipeline import Settings, encode_verified, process_batch
+from adaptanon.method.solvers import GradientSolver
+from adaptanon.records import Status
+
+CORRECTED, ERROR, FAILED, UNCHANGED = (
+    Status.CORRECTED,
+    Status.ERROR,
+    Status.FAILED,
+    Status.UNCHANGED,
 )
 from adaptanon.preprocessing import Preprocess
 from adaptanon.regions import ExplicitBoxes, SaliencyBox
@@ -33,10 +34,12 @@ def test_process_batch_statuses_and_outputs(tiny, synth_batch):
     boxes = {n: [centre(img)] for n, img in zip(names, synth_batch, strict=True)}
     boxes[names[0]] = [[2, 2, 6, 6]]  # a small region: the class stays
     boxes[names[1]] = [[500, 500, 600, 600]]  # outside the image: error for this image only
-    outs = process_batch(tiny, ExplicitBoxes(boxes), Settings(filter=Mask(1.0)), names, synth_batch)
-    assert [o.name for o in outs] == names
-    assert outs[1].status == ERROR and "regions" in outs[1].message and outs[1].data is None
-    assert outs[0].status == UNCHANGED and outs[0].steps == 0
+    outs = process_batch(
+        tiny, ExplicitBoxes(boxes), Settings(filter=Mask(1.0)), names, synth_batch, keep_images=True
+    )
+    assert [o.record.input for o in outs] == names
+    assert outs[1].status == ERROR and "regions" in outs[1].record.error and outs[1].data is None
+    assert outs[0].status == UNCHANGED and outs[0].record.steps == 0
     statuses = {o.status for o in outs[2:]}
     assert statuses <= {UNCHANGED, CORRECTED} and CORRECTED in statuses
     with torch.no_grad():
@@ -44,28 +47,34 @@ def test_process_batch_statuses_and_outputs(tiny, synth_batch):
     for i, o in enumerate(outs):
         if o.status == ERROR:
             continue
-        assert o.original_class == int(original[i]) == o.final_class
-        assert (o.status == CORRECTED) == (o.anonymized_class != o.original_class)
-        assert o.final_margin > 0 and 0 < o.final_confidence <= 1
+        assert o.record.original_class == int(original[i]) == o.record.final_class
+        assert (o.status == CORRECTED) == (o.record.anonymized_class != o.record.original_class)
+        assert o.record.final_margin > 0 and 0 < o.record.final_confidence <= 1
         written = Codec("png").decode(o.data)
         # Re-classify the written file: original class.
         with torch.no_grad():
-            assert int(tiny.logits([to_image(written)]).argmax()) == o.original_class
+            assert int(tiny.logits([to_image(written)]).argmax()) == o.record.original_class
         # Outside the regions the file is the input, bit for bit.
-        outside = ~o.mask[0].numpy()
+        outside = ~o.images.mask[0].numpy()
         assert np.array_equal(written[outside], to_pixels(synth_batch[i])[outside])
-        assert np.array_equal(written, to_pixels(o.final))
+        assert np.array_equal(written, to_pixels(o.images.final))
 
 
 def test_process_batch_failed_when_no_steps_allowed(tiny, synth_batch):
     names = [f"{i}.png" for i in range(len(synth_batch))]
     src = ExplicitBoxes({n: [centre(img)] for n, img in zip(names, synth_batch, strict=True)})
-    outs = process_batch(tiny, src, Settings(filter=Mask(1.0), max_steps=0), names, synth_batch)
+    outs = process_batch(
+        tiny,
+        src,
+        Settings(filter=Mask(1.0), solver=GradientSolver(max_steps=0)),
+        names,
+        synth_batch,
+    )
     failed = [o for o in outs if o.status == FAILED]
     assert failed, "masking the centre white should change the tiny model's class"
     for o in failed:
-        assert o.final_class != o.original_class and o.steps == 0
-        assert "not met" in o.message and o.data is not None
+        assert o.record.final_class != o.record.original_class and o.record.steps == 0
+        assert "not met" in o.record.error and o.data is not None
 
 
 def test_process_batch_saliency_regions_lie_in_the_view(tiny, synth_batch):
@@ -73,7 +82,7 @@ def test_process_batch_saliency_regions_lie_in_the_view(tiny, synth_batch):
     outs = process_batch(tiny, SaliencyBox(8), Settings(), names, synth_batch)
     for o, img in zip(outs, synth_batch, strict=True):
         assert o.status in (UNCHANGED, CORRECTED)
-        (box,) = o.regions
+        (box,) = o.record.regions
         g = tiny.preprocess.geometry(*img.shape[1:])
         full = g.view_box_to_input((0, 0, g.crop, g.crop))
         assert full[0] <= box[0] < box[2] <= full[2] and full[1] <= box[1] < box[3] <= full[3]
@@ -90,18 +99,18 @@ def test_process_batch_jpeg_output_keeps_class(tiny, synth_batch):
         if o.status in (UNCHANGED, CORRECTED):
             with torch.no_grad():
                 pred = tiny.logits([to_image(codec.decode(o.data))]).argmax()
-            assert int(pred) == o.original_class
+            assert int(pred) == o.record.original_class
 
 
 def test_saliency_without_view_geometry_is_a_per_image_error(synth_batch):
     """A classifier whose preprocessing is a plain callable has no view geometry: saliency
     regions cannot be placed, which is an `error` for each image, not a crash."""
     model = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(48, 5))
-    clf = Classifier(model, lambda img: img.to(torch.float32), name="plain")
+    clf = TorchClassifier(model, lambda img: img.to(torch.float32), name="plain")
     imgs = [synth_batch[2], synth_batch[2].flip(-1)]  # same size: the model stacks them
     outs = process_batch(clf, SaliencyBox(8), Settings(), ["a.png", "b.png"], imgs)
     assert [o.status for o in outs] == [ERROR, ERROR]
-    assert all("saliency" in o.message for o in outs)
+    assert all("saliency" in o.record.error for o in outs)
 
 
 def test_encode_verified_detects_a_mismatch():
@@ -118,10 +127,10 @@ def test_encode_verified_detects_a_mismatch():
 def test_load_classifier_forms(tiny, tmp_path):
     assert load_classifier(tiny) is tiny
     made = load_classifier("tiny_factory:make")
-    assert isinstance(made, Classifier) and made.name == "tiny"
+    assert isinstance(made, TorchClassifier) and made.name == "tiny"
     assert made.class_name(3) == "class3" and made.class_name(99) == "99"
     bare = load_classifier("tiny_factory:tiny_net", preprocess=Preprocess(40, 32))
-    assert isinstance(bare, Classifier) and bare.preprocess == Preprocess(40, 32)
+    assert isinstance(bare, TorchClassifier) and bare.preprocess == Preprocess(40, 32)
     # TorchScript file: a tiny linear model over a 4x4 view.
     model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
     path = tmp_path / "m.pt"
@@ -146,5 +155,4 @@ def test_classifier_inputs_batch_images_of_different_sizes(tiny, synth_batch):
     assert x.shape == (len(synth_batch), 3, 32, 32)
     assert tiny.logits(synth_batch).shape == (len(synth_batch), 10)
     assert tiny.device == torch.device("cpu")
-    assert not any(p.requires_grad for p in tiny.model.parameters())
     assert not tiny.model.training

@@ -10,9 +10,10 @@ import torch
 from conftest import make_image, to_uint8
 from PIL import Image
 
-from adaptanon.classifiers import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
-from adaptanon.encoding import to_image
-from adaptanon.preprocessing import Preprocess, PreprocessModule, _pil_bilinear_taps, pil_resize
+from adaptanon.classifiers.efficientnet_lite import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
+from adaptanon.io.codecs import to_image
+from adaptanon.preprocessing import Preprocess, PreprocessModule, pil_resize
+from adaptanon.preprocessing.pil import _pil_bilinear_taps
 
 
 def load_rgb(path) -> np.ndarray:

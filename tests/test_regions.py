@@ -10,6 +10,8 @@ import torch
 from adaptanon.preprocessing import Preprocess
 from adaptanon.regions import (
     ExplicitBoxes,
+    RegionQuery,
+    RegionSource,
     SaliencyBox,
     best_square,
     load_boxes_file,
@@ -17,6 +19,14 @@ from adaptanon.regions import (
     region_mask,
     validate_boxes,
 )
+
+
+def find_boxes(source: RegionSource, name, image, geometry, saliency):
+    """The boxes ``source`` finds in one image; its error raised as ValueError."""
+    (found,) = source.find([RegionQuery(name, image, geometry, saliency)])
+    if found.error is not None:
+        raise ValueError(found.error)
+    return found.boxes
 
 
 def test_validate_boxes_clips_and_rounds():
@@ -98,21 +108,21 @@ def test_explicit_boxes_lookup_relative_path_then_basename():
         }
     )
     img = torch.zeros(3, 30, 30)
-    assert src.find("sub/a.png", img, None, None) == [(0, 0, 5, 5)]
-    assert src.find("other/a.png", img, None, None) == [(10, 10, 20, 20)]
-    assert src.find("a.png", img, None, None) == [(10, 10, 20, 20)]
-    assert src.find("win/b.png", img, None, None) == [(1, 1, 2, 2)]
-    assert src.find("nothing.png", img, None, None) == []
-    assert src.find("sub\\a.png", img, None, None) == [(0, 0, 5, 5)]
+    assert find_boxes(src, "sub/a.png", img, None, None) == [(0, 0, 5, 5)]
+    assert find_boxes(src, "other/a.png", img, None, None) == [(10, 10, 20, 20)]
+    assert find_boxes(src, "a.png", img, None, None) == [(10, 10, 20, 20)]
+    assert find_boxes(src, "win/b.png", img, None, None) == [(1, 1, 2, 2)]
+    assert find_boxes(src, "nothing.png", img, None, None) == []
+    assert find_boxes(src, "sub\\a.png", img, None, None) == [(0, 0, 5, 5)]
     assert not src.uses_saliency and src.describe() == "boxes"
 
 
 def test_explicit_boxes_are_validated_against_the_image():
     src = ExplicitBoxes({"a.png": [[-5, 0, 100, 10]], "bad.png": [[40, 40, 50, 50]]})
     img = torch.zeros(3, 20, 30)
-    assert src.find("a.png", img, None, None) == [(0, 0, 30, 10)]
+    assert find_boxes(src, "a.png", img, None, None) == [(0, 0, 30, 10)]
     with pytest.raises(ValueError):
-        src.find("bad.png", img, None, None)
+        find_boxes(src, "bad.png", img, None, None)
 
 
 def test_load_boxes_file(tmp_path):
@@ -120,7 +130,7 @@ def test_load_boxes_file(tmp_path):
     path.write_text(json.dumps({"x/y.jpg": [[1, 2, 3, 4]]}))
     src = load_boxes_file(path)
     assert isinstance(src, ExplicitBoxes)
-    assert src.find("x/y.jpg", torch.zeros(3, 10, 10), None, None) == [(1, 2, 3, 4)]
+    assert find_boxes(src, "x/y.jpg", torch.zeros(3, 10, 10), None, None) == [(1, 2, 3, 4)]
 
 
 @pytest.mark.parametrize(
@@ -156,12 +166,12 @@ def test_saliency_box_maps_hot_square_to_input_pixels():
     g = spec.geometry(60, 80)  # resized 40x53, view offset (4, 10), scale 1.5
     sal = torch.zeros(32, 32)
     sal[4:12, 20:28] = 1.0
-    (box,) = SaliencyBox(8).find("x.png", torch.zeros(3, 60, 80), g, sal)
+    (box,) = find_boxes(SaliencyBox(8), "x.png", torch.zeros(3, 60, 80), g, sal)
     assert box == g.view_box_to_input((20, 4, 28, 12))
     x0, y0, x1, y1 = box
     assert 0 <= x0 < x1 <= 80 and 0 <= y0 < y1 <= 60
     assert x1 - x0 >= 8 * g.scale and y1 - y0 >= 8 * g.scale
     with pytest.raises(ValueError):
-        SaliencyBox(8).find("x.png", torch.zeros(3, 60, 80), None, sal)
+        find_boxes(SaliencyBox(8), "x.png", torch.zeros(3, 60, 80), None, sal)
     with pytest.raises(ValueError):
-        SaliencyBox(8).find("x.png", torch.zeros(3, 60, 80), g, None)
+        find_boxes(SaliencyBox(8), "x.png", torch.zeros(3, 60, 80), g, None)

@@ -17,9 +17,7 @@ import pytest
 from PIL import Image
 
 from adaptanon.evaluate import Config, Example, ImageRow, summarize
-from adaptanon.filters import Blur, Mask
-from adaptanon.pipeline import Settings
-from adaptanon.report import (
+from adaptanon.evaluate.report import (
     CSV_COLUMNS,
     alpha_tables,
     fmt_hist,
@@ -30,6 +28,9 @@ from adaptanon.report import (
     results_csv,
     write_reports,
 )
+from adaptanon.method.filters import Blur, Mask
+from adaptanon.method.pipeline import Settings
+from adaptanon.method.solvers import GradientSolver
 
 # --------------------------------------------------------------------------- fixtures
 
@@ -44,7 +45,7 @@ def image_rows(changed: int, failed: int, n: int = 20) -> list[ImageRow]:
             rows.append(
                 ImageRow(
                     path=f"/d/{i}.png",
-                    name=f"{i}.png",
+                    input=f"{i}.png",
                     status="failed" if bad else "corrected",
                     steps=100 if bad else 1 + i % 3,
                     original_class=1,
@@ -59,7 +60,7 @@ def image_rows(changed: int, failed: int, n: int = 20) -> list[ImageRow]:
             rows.append(
                 ImageRow(
                     path=f"/d/{i}.png",
-                    name=f"{i}.png",
+                    input=f"{i}.png",
                     status="unchanged",
                     original_class=1,
                     anonymized_class=1,
@@ -77,7 +78,9 @@ def configs() -> list[Config]:
     for model in ("net_a", "net_b"):
         for name, f in (("blur", Blur()), ("mask", Mask())):
             for alpha in (0.5, 0.1):
-                out.append(Config(model, name, Settings(filter=f, alpha=alpha)))
+                out.append(
+                    Config(model, name, Settings(filter=f, solver=GradientSolver(alpha=alpha)))
+                )
     return out
 
 
@@ -100,7 +103,7 @@ def example(name: str) -> Example:
     anon[mask] = 128
     row = ImageRow(
         path=f"/d/{name}",
-        name=name,
+        input=name,
         status="corrected",
         steps=2,
         original_class=1,

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from adaptanon.classifiers import Classifier
-from adaptanon.criteria import SameClass, logit_margin
-from adaptanon.encoding import Codec, to_image, to_pixels
-from adaptanon.filters import Mask, anonymize
-from adaptanon.solver import correct, normalized_step, project
+from adaptanon.classifiers import TorchClassifier
+from adaptanon.io.codecs import Codec, to_image, to_pixels
+from adaptanon.method.criteria import SameClass, logit_margin
+from adaptanon.method.filters import Mask, anonymize
+from adaptanon.method.solvers import correct, normalized_step, project
 
 
 def centre_box(img: torch.Tensor) -> tuple[int, int, int, int]:
@@ -19,7 +19,7 @@ def centre_box(img: torch.Tensor) -> tuple[int, int, int, int]:
     return (w // 4, h // 4, 3 * w // 4, 3 * h // 4)
 
 
-def classify(clf: Classifier, images) -> torch.Tensor:
+def classify(clf: TorchClassifier, images) -> torch.Tensor:
     with torch.no_grad():
         return clf.logits(list(images))
 
@@ -242,7 +242,7 @@ def rounding_case():
     (round(0.4) = 0) and fails; after two steps the stored pixels are 1 (12 * 1 > 3).
     """
     model = RegionSum(slice(3, 5), slice(3, 5), weight=255.0, threshold=3.0)
-    clf = Classifier(model, identity_preprocess, name="region-sum")
+    clf = TorchClassifier(model, identity_preprocess, name="region-sum")
     image = torch.zeros(3, 8, 8)
     mask = torch.zeros(1, 8, 8, dtype=torch.bool)
     mask[:, 3:5, 3:5] = True

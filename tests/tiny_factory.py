@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from adaptanon.classifiers import Classifier
+from adaptanon.classifiers import TorchClassifier
 from adaptanon.preprocessing import Preprocess
 
 NUM_CLASSES = 10
@@ -27,12 +27,12 @@ def tiny_net(seed: int = 0) -> nn.Module:
     with torch.no_grad():
         for p in net.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * (1.0 / max(1, p[0].numel()) ** 0.5))
-    return net
+    return net.eval()
 
 
-def make() -> Classifier:
+def make() -> TorchClassifier:
     """The tiny classifier."""
-    return Classifier(
+    return TorchClassifier(
         tiny_net(),
         TINY_PREPROCESS,
         name="tiny",

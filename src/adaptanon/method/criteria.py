@@ -8,6 +8,7 @@ returns a per-image bool: ``criterion(logits, target, reference) -> (B,)`` where
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -28,7 +29,13 @@ def logit_margin(logits: Tensor, target: Tensor) -> Tensor:
 
 
 class Criterion(ABC):
-    """Decides per image whether the correction may stop."""
+    """Decides per image whether the correction may stop.
+
+    ``needs_reference``: the criterion compares with the original probabilities, which
+    the solver must then be given.
+    """
+
+    needs_reference: bool = False
 
     @abstractmethod
     def __call__(self, logits: Tensor, target: Tensor, reference: Tensor) -> Tensor:
@@ -46,6 +53,10 @@ class SameClass(Criterion):
 
     margin: float = DEFAULT_MARGIN
 
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.margin) and self.margin >= 0):
+            raise ValueError(f"margin must be a finite number >= 0, got {self.margin}")
+
     def __call__(self, logits: Tensor, target: Tensor, reference: Tensor) -> Tensor:
         m = logit_margin(logits, target)
         return m >= self.margin if self.margin > 0 else m > 0
@@ -60,6 +71,11 @@ class ProbabilityDistance(Criterion):
     ``epsilon`` (the paper's alternative, section 4.3)."""
 
     epsilon: float
+    needs_reference = True
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.epsilon) and self.epsilon > 0):
+            raise ValueError(f"epsilon must be a positive number, got {self.epsilon}")
 
     def __call__(self, logits: Tensor, target: Tensor, reference: Tensor) -> Tensor:
         dist = torch.linalg.vector_norm(torch.softmax(logits, 1) - reference, dim=1)
@@ -75,6 +91,11 @@ class AllOf(Criterion):
 
     criteria: tuple[Criterion, ...]
 
+    @property
+    def needs_reference(self) -> bool:  # type: ignore[override]
+        """True when any part needs the original probabilities."""
+        return any(c.needs_reference for c in self.criteria)
+
     def __call__(self, logits: Tensor, target: Tensor, reference: Tensor) -> Tensor:
         ok = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)
         for c in self.criteria:
@@ -82,22 +103,36 @@ class AllOf(Criterion):
         return ok
 
     def describe(self) -> str:
-        return "+".join(c.describe() for c in self.criteria if c != SameClass())
+        parts = [c.describe() for c in self.criteria if c != SameClass()]
+        return "+".join(parts) if parts else "class"
+
+
+def _parse_one(spec: str) -> Criterion:
+    name, _, value = spec.partition(":")
+    if name == "class" and not value:
+        return SameClass()
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if name == "margin":
+        return SameClass(number)
+    if name == "prob":
+        return ProbabilityDistance(number)
+    raise ValueError(f"unknown criterion {spec!r}: use class, margin:M or prob:EPS")
 
 
 def parse_criterion(spec: str) -> Criterion:
-    """``class`` (default), ``margin:M`` or ``prob:EPS``.
+    """``class`` (default), ``margin:M``, ``prob:EPS``, or several joined by ``+`` (all
+    must hold), as :meth:`Criterion.describe` writes them.
 
-    ``prob:EPS`` also requires the same class, since the tool promises the class.
+    A criterion without a class part also requires the same class, since the tool
+    promises the class: ``prob:EPS`` is ``class+prob:EPS``.
+
+    Raises:
+        ValueError: an unknown part, or a value that is not a finite number in range.
     """
-    name, _, value = spec.partition(":")
-    try:
-        if name == "class" and not value:
-            return SameClass()
-        if name == "margin":
-            return SameClass(float(value))
-        if name == "prob":
-            return AllOf((SameClass(), ProbabilityDistance(float(value))))
-    except ValueError:
-        pass
-    raise ValueError(f"unknown criterion {spec!r}: use class, margin:M or prob:EPS")
+    parts = [_parse_one(p.strip()) for p in spec.split("+")]
+    if not any(isinstance(p, SameClass) for p in parts):
+        parts.insert(0, SameClass())
+    return parts[0] if len(parts) == 1 else AllOf(tuple(parts))

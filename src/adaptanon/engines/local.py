@@ -3,6 +3,7 @@ manifest. Bad inputs are recorded and the run goes on; inputs are never overwrit
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -12,10 +13,12 @@ import numpy as np
 import torch
 
 from adaptanon.classifiers import Classifier
-from adaptanon.encoding import to_image
-from adaptanon.files import InputImage, atomic_write, read_image
-from adaptanon.manifest import ManifestWriter, Record
-from adaptanon.pipeline import ERROR, FAILED, Outcome, Settings, process_batch
+from adaptanon.io.atomic import atomic_write
+from adaptanon.io.codecs import to_image
+from adaptanon.io.images import InputImage, read_image
+from adaptanon.io.manifest import ManifestWriter
+from adaptanon.method.pipeline import Outcome, Settings, process_batch
+from adaptanon.records import ImageRecord, Status
 from adaptanon.regions import RegionSource
 
 FAILED_DIR = "_failed"
@@ -35,6 +38,8 @@ def resolve_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError as exc:
         raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from exc
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device {name!r}: use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} asked for, but this torch build sees no CUDA GPU")
     return device
@@ -49,9 +54,7 @@ def default_batch_size(device: torch.device) -> int:
 class Summary:
     """Counts of a run, by status."""
 
-    counts: dict[str, int] = field(
-        default_factory=lambda: {"unchanged": 0, "corrected": 0, "failed": 0, "error": 0}
-    )
+    counts: Counter[Status] = field(default_factory=Counter)
 
     @property
     def images(self) -> int:
@@ -60,10 +63,10 @@ class Summary:
 
     @property
     def ok(self) -> bool:
-        """True when no image failed or errored."""
-        return self.counts["failed"] == 0 and self.counts["error"] == 0
+        """True when every image got a status whose output is among the finished files."""
+        return all(status.ok for status, n in self.counts.items() if n)
 
-    def add(self, status: str) -> None:
+    def add(self, status: Status) -> None:
         """Count one image."""
         self.counts[status] += 1
 
@@ -114,7 +117,7 @@ def run(
     source: RegionSource,
     settings: Settings,
     batch_size: int = 8,
-    on_record: Callable[[Record], None] | None = None,
+    on_record: Callable[[ImageRecord], None] | None = None,
 ) -> Summary:
     """Anonymize ``inputs`` into ``out_dir``, writing ``out_dir/manifest.jsonl``.
 
@@ -126,93 +129,86 @@ def run(
     input_paths = {item.path.resolve() for item in inputs}
     claimed: set[Path] = set()
     summary = Summary()
-    described = {
-        "model": classifier.name,
-        "regions": source.describe(),
-        "filter": settings.filter.describe(),
-        "shape": settings.shape,
-        "criterion": settings.criterion.describe(),
-        "alpha": settings.alpha,
-        "max_steps": settings.max_steps,
-        "delta": settings.delta,
-        "format": settings.codec.format,
-        "quality": None if settings.codec.lossless else settings.codec.quality,
-    }
+    described = {"model": classifier.name, "regions": source.describe(), **settings.describe()}
 
-    def record(item: InputImage, out: Outcome | None, error: str | None = None) -> None:
-        status = out.status if out else ERROR
-        message = error or (out.message if out else None)
-        written: Path | None = None
-        if out is not None and out.data is not None and status != ERROR:
-            target = output_path(out_dir, item, settings.codec.extension, status == FAILED)
+    def record(item: InputImage, out: Outcome) -> None:
+        rec = out.record
+        rec.input = str(item.path)
+        rec.settings = described
+        if out.data is not None and rec.status != Status.ERROR:
+            failed = not rec.status.ok
+            target = output_path(out_dir, item, settings.codec.extension, failed)
             resolved = target.resolve()
             if resolved in input_paths:
-                status, message = ERROR, f"refusing to overwrite the input {item.path}"
+                rec.status, rec.error = Status.ERROR, f"refusing to overwrite the input {item.path}"
             elif resolved in claimed:
-                status, message = ERROR, f"another input already writes {target}"
+                rec.status, rec.error = Status.ERROR, f"another input already writes {target}"
             else:
                 try:
                     atomic_write(target, out.data)
                     claimed.add(resolved)
-                    written = target
+                    rec.output = str(target)
                 except OSError as exc:
-                    status, message = ERROR, f"cannot write {target}: {exc}"
-        rec = Record(
-            input=str(item.path),
-            output=str(written) if written else None,
-            status=status,
-            regions=[list(b) for b in out.regions] if out else [],
-            steps=out.steps if out else 0,
-            original_class=out.original_class if out else None,
-            anonymized_class=out.anonymized_class if out else None,
-            final_class=out.final_class if out else None,
-            error=message if status in (ERROR, FAILED) else None,
-            original_name=_name(classifier, out.original_class if out else None),
-            anonymized_name=_name(classifier, out.anonymized_class if out else None),
-            final_name=_name(classifier, out.final_class if out else None),
-            original_confidence=out.original_confidence if out else None,
-            final_confidence=out.final_confidence if out else None,
-            final_margin=out.final_margin if out else None,
-            settings=described,
-        )
+                    rec.status, rec.error = Status.ERROR, f"cannot write {target}: {exc}"
         writer.write(rec)
-        summary.add(status)
+        summary.add(rec.status)
         if on_record:
             on_record(rec)
 
     with ManifestWriter(out_dir / "manifest.jsonl") as writer:
         for loaded in load_batches(inputs, batch_size):
-            for item, px in loaded:
-                if isinstance(px, Exception):
-                    record(item, None, str(px))
-            good = [(item, px) for item, px in loaded if not isinstance(px, Exception)]
-            for item, out in process_loaded(classifier, source, settings, good):
+            for item, out in process_loaded(classifier, source, settings, loaded):
                 record(item, out)
     return summary
 
 
+def error_outcome(item: InputImage, message: str) -> Outcome:
+    """The outcome of an image that could not be read or processed."""
+    return Outcome(ImageRecord(input=item.relative.as_posix(), error=message))
+
+
 def process_loaded(
-    classifier: Classifier, source: RegionSource, settings: Settings, good: list
-) -> list[tuple[InputImage, Outcome | None]]:
-    """Process a batch of read images; if the batch as a whole fails (e.g. out of memory), retry image by
-    image so that one bad image does not take the others with it."""
-    if not good:
-        return []
-    device = classifier.device
+    classifier: Classifier,
+    source: RegionSource,
+    settings: Settings,
+    loaded: Sequence[tuple[InputImage, np.ndarray | Exception]],
+    *,
+    keep_images: bool = False,
+) -> list[tuple[InputImage, Outcome]]:
+    """Process a batch of read images (pixels, or the exception reading raised), in order.
+
+    If the batch as a whole fails (e.g. out of memory), it is retried image by image so
+    that one bad image does not take the others with it.
+    """
+    good = [(item, px) for item, px in loaded if not isinstance(px, Exception)]
+    done: dict[int, Outcome] = {}
+    if good:
+        for (item, _), out in zip(
+            good, _process_good(classifier, source, settings, good, keep_images), strict=True
+        ):
+            done[id(item)] = out
+    return [
+        (item, error_outcome(item, str(px)) if isinstance(px, Exception) else done[id(item)])
+        for item, px in loaded
+    ]
+
+
+def _process_good(
+    classifier: Classifier,
+    source: RegionSource,
+    settings: Settings,
+    good: list[tuple[InputImage, np.ndarray]],
+    keep_images: bool,
+) -> list[Outcome]:
     names = [item.relative.as_posix() for item, _ in good]
     try:
-        images = [to_image(px, device) for _, px in good]
-        outs = process_batch(classifier, source, settings, names, images)
-        return [(item, out) for (item, _), out in zip(good, outs, strict=True)]
+        images = [to_image(px, classifier.device) for _, px in good]
+        return process_batch(classifier, source, settings, names, images, keep_images=keep_images)
     except (RuntimeError, ValueError) as exc:
         if len(good) == 1:
-            item = good[0][0]
-            return [(item, Outcome(name=names[0], status=ERROR, message=f"processing: {exc}"))]
-        results = []
-        for one in good:
-            results += process_loaded(classifier, source, settings, [one])
-        return results
-
-
-def _name(classifier: Classifier, index: int | None) -> str | None:
-    return None if index is None else classifier.class_name(index)
+            return [error_outcome(good[0][0], f"processing: {exc}")]
+        return [
+            out
+            for one in good
+            for out in _process_good(classifier, source, settings, [one], keep_images)
+        ]

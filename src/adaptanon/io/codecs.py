@@ -18,6 +18,8 @@ from PIL import Image
 from torch import Tensor
 
 FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
+FORMAT_ALIASES = {"jpeg": "jpg"}
+"""Other names accepted for a format (any case)."""
 
 
 def to_pixels(image: Tensor) -> np.ndarray:
@@ -36,7 +38,7 @@ def to_image(pixels: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
 
 @dataclass(frozen=True)
 class Codec:
-    """An output format: ``png`` (lossless), ``jpg`` or ``webp`` with ``quality``.
+    """An output format: ``png`` (lossless), ``jpg`` (or ``jpeg``) or ``webp`` with ``quality``.
 
     ``png_compression`` is zlib's level (0-9). The default 1, as in OpenCV, encodes about
     4x faster than Pillow's default 6 for files about 10% larger.
@@ -47,6 +49,8 @@ class Codec:
     png_compression: int = 1
 
     def __post_init__(self) -> None:
+        name = str(self.format).lower()
+        object.__setattr__(self, "format", FORMAT_ALIASES.get(name, name))
         if self.format not in FORMATS:
             raise ValueError(f"unknown format {self.format!r}; choose from {', '.join(FORMATS)}")
         if not 1 <= self.quality <= 100:

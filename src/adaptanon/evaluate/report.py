@@ -14,8 +14,6 @@ import csv
 import html
 import io
 import json
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,8 @@ matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from adaptanon.evaluate import Config, Example  # noqa: E402
+from adaptanon.evaluate.rows import Config, Example  # noqa: E402
+from adaptanon.io.atomic import atomic_write  # noqa: E402
 
 Row = Mapping[str, Any]
 
@@ -435,21 +434,6 @@ def html_report(rows: Sequence[Row], examples: Sequence[tuple[str, Sequence[Exam
 # --------------------------------------------------------------------------- files
 
 
-def _write_text(path: Path, text: str) -> None:
-    """Write atomically (a reader never sees half a report)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def results_json(rows: Sequence[Row]) -> str:
     """``results.json``: the list of results rows."""
     return json.dumps(list(rows), indent=2, default=str) + "\n"
@@ -480,8 +464,8 @@ def write_reports(
         "md": out_dir / "results.md",
         "html": out_dir / "report.html",
     }
-    _write_text(paths["json"], results_json(rows))
-    _write_text(paths["csv"], results_csv(rows))
-    _write_text(paths["md"], markdown_report(rows))
-    _write_text(paths["html"], html_report(rows, pick_examples(figures, examples)))
+    atomic_write(paths["json"], results_json(rows))
+    atomic_write(paths["csv"], results_csv(rows))
+    atomic_write(paths["md"], markdown_report(rows))
+    atomic_write(paths["html"], html_report(rows, pick_examples(figures, examples)))
     return paths

@@ -11,39 +11,19 @@ criterion. The solver returns the images with a per-image success flag.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from adaptanon.classifiers import Classifier
-from adaptanon.criteria import Criterion, SameClass
-from adaptanon.encoding import Codec
-
-
-@dataclass
-class SolverResult:
-    """What the solver found, per image (``B`` images).
-
-    Attributes:
-        images: ``B`` corrected ``(3, H, W)`` float images (the solver's state).
-        stored: ``B`` ``(3, H, W)`` images as stored and read back, the ones last checked.
-        initial: ``B`` anonymized images as stored and read back (what step 0 checked).
-        success: ``(B,)`` bool, True where ``stored`` meets the criterion.
-        steps: ``(B,)`` number of gradient steps taken (0: the anonymized image passed).
-        initial_logits: ``(B, N)`` logits of the anonymized image as stored (step 0).
-        logits: ``(B, N)`` logits of ``stored``.
-    """
-
-    images: list[Tensor]
-    stored: list[Tensor]
-    initial: list[Tensor]
-    success: Tensor
-    steps: Tensor
-    initial_logits: Tensor
-    logits: Tensor
+from adaptanon.io.codecs import Codec
+from adaptanon.method.criteria import Criterion, SameClass
+from adaptanon.method.solvers.base import Solver, SolverResult
 
 
 def normalized_step(grad: Tensor, mask: Tensor, alpha: float) -> Tensor:
@@ -116,12 +96,58 @@ def correct(
         A :class:`SolverResult`; ``success`` is False for images that did not meet the
         criterion within ``max_steps`` or whose gradient vanished.
     """
-    if alpha <= 0:
-        raise ValueError(f"alpha must be positive, got {alpha}")
-    if max_steps < 0:
-        raise ValueError(f"max_steps must be >= 0, got {max_steps}")
+    check_step_params(alpha, max_steps, delta)
     criterion = criterion or SameClass()
-    codec = codec or Codec()
+    if criterion.needs_reference and reference is None:
+        raise ValueError(
+            f"criterion {criterion.describe()} compares with the original probabilities: "
+            "pass reference=softmax(original logits)"
+        )
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "the correction needs gradients, which torch.inference_mode() forbids; "
+            "call adaptanon under torch.no_grad() or with no context instead"
+        )
+    with torch.enable_grad():
+        return _descend(
+            classifier,
+            images,
+            masks,
+            target,
+            criterion,
+            reference,
+            alpha,
+            max_steps,
+            delta,
+            codec or Codec(),
+            bases,
+        )
+
+
+def check_step_params(alpha: float, max_steps: int, delta: float | None) -> None:
+    """Raise ``ValueError`` unless ``alpha`` is finite and positive, ``max_steps`` an
+    integer >= 0 and ``delta`` None or finite and >= 0."""
+    if not (isinstance(alpha, int | float) and math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha must be a positive finite number, got {alpha}")
+    if not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps < 0:
+        raise ValueError(f"max_steps must be an integer >= 0, got {max_steps}")
+    if delta is not None and not (math.isfinite(delta) and delta >= 0):
+        raise ValueError(f"delta must be a finite number >= 0, got {delta}")
+
+
+def _descend(
+    classifier: Classifier,
+    images: Sequence[Tensor],
+    masks: Sequence[Tensor],
+    target: Tensor,
+    criterion: Criterion,
+    reference: Tensor | None,
+    alpha: float,
+    max_steps: int,
+    delta: float | None,
+    codec: Codec,
+    bases: Sequence[Tensor] | None,
+) -> SolverResult:
     n = len(images)
     device = classifier.device
     target = target.to(device)
@@ -139,13 +165,10 @@ def correct(
     for step in range(max_steps + 1):
         leaves = [state[i].requires_grad_(True) for i in active]
         seen = [codec.roundtrip(x) for x in leaves]
-        with torch.enable_grad():
-            if boxes is None:
-                logits = classifier.logits(seen)
-            else:
-                logits = classifier.logits(
-                    seen, [bases[i] for i in active], [boxes[i] for i in active]
-                )
+        if boxes is None or bases is None:
+            logits = classifier.logits(seen)
+        else:
+            logits = classifier.logits(seen, [bases[i] for i in active], [boxes[i] for i in active])
         if reference is None:
             ref = torch.softmax(logits.detach(), 1)
         else:
@@ -179,6 +202,7 @@ def correct(
             break
     for s in state:
         s.requires_grad_(False)
+    assert initial_logits is not None and final_logits is not None
     return SolverResult(
         images=[s.detach() for s in state],
         stored=stored,
@@ -188,3 +212,46 @@ def correct(
         initial_logits=initial_logits,
         logits=final_logits,
     )
+
+
+@dataclass(frozen=True)
+class GradientSolver(Solver):
+    """The paper's solver (eq. 3): at most ``max_steps`` normalised gradient steps of
+    ``alpha`` on the region pixels, optionally kept within ``delta`` (L-inf) of the
+    anonymized pixels."""
+
+    alpha: float = 0.1
+    max_steps: int = 100
+    delta: float | None = None
+
+    def __post_init__(self) -> None:
+        check_step_params(self.alpha, self.max_steps, self.delta)
+
+    def __call__(
+        self,
+        classifier: Classifier,
+        images: Sequence[Tensor],
+        masks: Sequence[Tensor],
+        target: Tensor,
+        *,
+        criterion: Criterion,
+        reference: Tensor | None = None,
+        codec: Codec | None = None,
+        bases: Sequence[Tensor] | None = None,
+    ) -> SolverResult:
+        return correct(
+            classifier,
+            images,
+            masks,
+            target,
+            criterion=criterion,
+            reference=reference,
+            alpha=self.alpha,
+            max_steps=self.max_steps,
+            delta=self.delta,
+            codec=codec,
+            bases=bases,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {"alpha": self.alpha, "max_steps": self.max_steps, "delta": self.delta}

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from adaptanon.regions import Box, region_mask
+from adaptanon.records import Box
+from adaptanon.regions import region_mask
 
 
 def gaussian_kernel1d(ksize: int, sigma: float, device: torch.device | None = None) -> Tensor:
@@ -159,12 +161,15 @@ class Mosaic(Filter):
         return f"mosaic(block={self.block},scaled={self.scale_to_input})"
 
 
-def make_filter(name: str, **params: float) -> Filter:
-    """Build a filter by name (``blur``, ``mask``, ``mosaic``) with keyword parameters."""
-    kinds: dict[str, type[Filter]] = {"blur": Blur, "mask": Mask, "mosaic": Mosaic}
-    if name not in kinds:
-        raise ValueError(f"unknown filter {name!r}; choose from {', '.join(kinds)}")
-    return kinds[name](**params)
+FILTERS: dict[str, type[Filter]] = {"blur": Blur, "mask": Mask, "mosaic": Mosaic}
+"""Filters by name, as ``--filter`` accepts them."""
+
+
+def parse_filter(name: str, **params: Any) -> Filter:
+    """Build a filter by name (see :data:`FILTERS`) with keyword parameters."""
+    if name not in FILTERS:
+        raise ValueError(f"unknown filter {name!r}; choose from {', '.join(FILTERS)}")
+    return FILTERS[name](**params)
 
 
 def anonymize(
@@ -205,7 +210,8 @@ __all__ = [
     "anonymize",
     "gaussian_blur",
     "gaussian_kernel1d",
-    "make_filter",
+    "FILTERS",
+    "parse_filter",
     "pixelate",
     "solid",
 ]

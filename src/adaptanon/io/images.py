@@ -1,10 +1,8 @@
-"""Finding input images, reading them, and writing outputs atomically."""
+"""Finding input images and reading them as upright 8-bit RGB."""
 
 from __future__ import annotations
 
 import glob
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,18 +90,3 @@ def read_image(path: Path) -> np.ndarray:
             return np.asarray(img.convert("RGB")).copy()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ValueError(f"cannot read image {path}: {exc}") from exc
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` is either absent, old, or complete."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

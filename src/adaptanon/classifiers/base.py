@@ -1,0 +1,173 @@
+"""What the method needs of a classifier (:class:`Classifier`, a protocol), and the
+torch implementation every built-in model uses (:class:`TorchClassifier`).
+
+A classifier maps full-resolution RGB images (``(3, H, W)`` float tensors in ``[0, 1]``,
+any size) to logits, differentiably, so the correction can follow the gradient back to the
+input pixels.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, Self, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from adaptanon.preprocessing import Preprocess, ViewGeometry
+
+BoxOrNone = tuple[int, int, int, int] | None
+
+
+@runtime_checkable
+class Classifier(Protocol):
+    """The classifier whose decision the correction keeps.
+
+    ``inputs`` turns images into one model batch (``(B, ...)``), ``forward`` maps such a
+    batch to ``(B, N)`` logits, ``logits`` does both. ``geometry`` says where the model's
+    view lies in an input of a given size, when the preprocessing knows (None otherwise:
+    region sources that work at the view, and filter scaling, then fall back to input
+    pixels).
+    """
+
+    name: str
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs; images are moved there."""
+        ...
+
+    def to(self, device: str | torch.device) -> Self:
+        """Move to ``device``; returns self."""
+        ...
+
+    def inputs(
+        self,
+        images: Sequence[Tensor],
+        bases: Sequence[Tensor] | None = None,
+        boxes: Sequence[BoxOrNone] | None = None,
+    ) -> Tensor:
+        """``B`` images ``(3, H, W)`` -> one model batch. With ``bases`` (the batch rows of
+        images equal to these outside ``boxes``) a backend may recompute only what changed."""
+        ...
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        """Model batch -> ``(B, N)`` logits."""
+        ...
+
+    def logits(
+        self,
+        images: Sequence[Tensor],
+        bases: Sequence[Tensor] | None = None,
+        boxes: Sequence[BoxOrNone] | None = None,
+    ) -> Tensor:
+        """``(B, N)`` logits for ``B`` images (see :meth:`inputs`)."""
+        ...
+
+    def geometry(self, height: int, width: int) -> ViewGeometry | None:
+        """The model's view in a ``height x width`` input, when known."""
+        ...
+
+    def class_name(self, index: int) -> str:
+        """Human-readable name of class ``index``."""
+        ...
+
+
+@dataclass
+class TorchClassifier:
+    """An ``nn.Module`` together with the preprocessing that turns a full image into its
+    input.
+
+    Attributes:
+        model: maps ``(B, 3, crop, crop)`` normalised inputs to ``(B, N)`` logits.
+        preprocess: maps one ``(3, H, W)`` image in ``[0, 1]`` to ``(3, crop, crop)``;
+            must be differentiable. A :class:`Preprocess` also gives the view geometry and
+            the partial recomputation the solver uses.
+        name: how the classifier is shown in manifests and reports.
+        class_names: optional names of the ``N`` classes.
+
+    The module is put in eval mode (batch norm and dropout as at inference), with a warning
+    when it was in training mode; its parameters are left as they are (the correction asks
+    autograd for input gradients only).
+    """
+
+    model: nn.Module
+    preprocess: Callable[[Tensor], Tensor] = field(default_factory=Preprocess)
+    name: str = "custom"
+    class_names: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.model.training:
+            warnings.warn(
+                f"classifier {self.name!r}: the module was in training mode; adaptanon "
+                "switched it to eval mode (model.eval()) to classify as at inference",
+                stacklevel=3,
+            )
+            self.model.eval()
+
+    @property
+    def device(self) -> torch.device:
+        """The device the model's parameters are on."""
+        for p in self.model.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> Self:
+        """Move the model to ``device`` (channels-last on CUDA, faster there); returns self."""
+        device = torch.device(device)
+        self.model.to(device)
+        if device.type == "cuda":
+            self.model.to(memory_format=torch.channels_last)
+        return self
+
+    def geometry(self, height: int, width: int) -> ViewGeometry | None:
+        """The view geometry, when the preprocessing has one."""
+        geometry = getattr(self.preprocess, "geometry", None)
+        return geometry(height, width) if geometry is not None else None
+
+    def inputs(
+        self,
+        images: Sequence[Tensor],
+        bases: Sequence[Tensor] | None = None,
+        boxes: Sequence[BoxOrNone] | None = None,
+    ) -> Tensor:
+        """Preprocess ``B`` images of any sizes into one ``(B, 3, crop, crop)`` batch.
+
+        With ``bases`` (model inputs of images equal to these outside ``boxes``), only the
+        part of the view that a box reaches is recomputed, when the preprocessing allows.
+        """
+        update = getattr(self.preprocess, "update", None)
+        if bases is None or boxes is None or update is None:
+            batch = torch.stack([self.preprocess(img) for img in images])
+        else:
+            batch = torch.stack(
+                [
+                    self.preprocess(img) if box is None else update(img, base, box)
+                    for img, base, box in zip(images, bases, boxes, strict=True)
+                ]
+            )
+        if batch.is_cuda:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        """``(B, N)`` logits of a batch from :meth:`inputs`."""
+        out: Tensor = self.model(inputs)
+        return out
+
+    def logits(
+        self,
+        images: Sequence[Tensor],
+        bases: Sequence[Tensor] | None = None,
+        boxes: Sequence[BoxOrNone] | None = None,
+    ) -> Tensor:
+        """``(B, N)`` logits for ``B`` images ``(3, H, W)`` in ``[0, 1]`` (see :meth:`inputs`)."""
+        return self.forward(self.inputs(images, bases, boxes))
+
+    def class_name(self, index: int) -> str:
+        """Human-readable name of class ``index`` (the index itself when names are unknown)."""
+        if self.class_names is not None and 0 <= index < len(self.class_names):
+            return str(self.class_names[index])
+        return str(index)

@@ -1,0 +1,99 @@
+"""``adaptanon anonymize``: files in, anonymized files and a manifest out."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from adaptanon.cli.options import (
+    build_settings,
+    err,
+    load_model,
+    method_options,
+    progress_bar,
+    regions_and_inputs,
+)
+from adaptanon.engines import FAILED_DIR, Summary, default_batch_size, run
+from adaptanon.io import InputImage
+from adaptanon.records import ImageRecord, Status
+from adaptanon.regions import RegionSource
+
+
+def warn_unmatched(source: RegionSource, items: list[InputImage]) -> None:
+    """Say which regions the source was given that match no input (e.g. a mistyped key
+    in a boxes file), before any work."""
+    unmatched = source.unmatched(item.relative.as_posix() for item in items)
+    if unmatched:
+        shown = ", ".join(repr(k) for k in unmatched[:5])
+        more = f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else ""
+        err.print(
+            f"[yellow]warning[/yellow]: {len(unmatched)} key(s) of the regions match no "
+            f"input: {shown}{more}"
+        )
+
+
+def print_summary(summary: Summary, out_dir: Path) -> None:
+    """The end-of-run table, on stderr."""
+    table = Table(title="adaptanon", show_header=False)
+    table.add_row("images", str(summary.images))
+    for status in Status:
+        table.add_row(str(status), str(summary.counts[status]))
+    err.print(table)
+    err.print(f"outputs and manifest: {out_dir}/ (manifest.jsonl)")
+    if summary.counts[Status.FAILED]:
+        err.print(f"[yellow]failed images are under {out_dir / FAILED_DIR}/[/yellow]")
+    if summary.counts[Status.NO_REGIONS]:
+        err.print(
+            f"[yellow]{summary.counts[Status.NO_REGIONS]} image(s) had no region to "
+            "anonymize (status no_regions): they are written re-encoded, not anonymized[/yellow]"
+        )
+
+
+def anonymize_paths(
+    inputs: list[str], out: Path, kw: dict[str, Any], quiet: bool = False
+) -> Summary:
+    """Run ``anonymize`` on ``inputs`` with the parsed shared options."""
+    settings = build_settings(kw)
+    source, items = regions_and_inputs(inputs, out, kw)
+    classifier = load_model(kw["model"], kw["device"])
+    warn_unmatched(source, items)
+    with progress_bar(quiet) as progress:
+        task = progress.add_task("anonymizing", total=len(items))
+
+        def advance(rec: ImageRecord) -> None:
+            progress.advance(task)
+            if rec.status == Status.ERROR:
+                progress.console.print(f"[red]error[/red] {rec.input}: {rec.error}")
+
+        batch = kw["batch_size"] or default_batch_size(classifier.device)
+        summary = run(items, out, classifier, source, settings, batch, advance)
+    if not quiet:
+        print_summary(summary, out)
+    return summary
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option(
+    "-o",
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("anonymized"),
+    show_default=True,
+    help="Output folder (inputs keep their relative paths).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+@method_options
+def anonymize(inputs: tuple[str, ...], out: Path, quiet: bool, **kw: Any) -> None:
+    """Anonymize INPUT files, folders (recursively) or globs into OUT.
+
+    Writes OUT/manifest.jsonl. Exits 0 when every image is unchanged, corrected or had no
+    region (no_regions), 1 if any image failed or could not be read, 2 on a usage error.
+    """
+    summary = anonymize_paths(list(inputs), out, kw, quiet)
+    sys.exit(0 if summary.ok else 1)

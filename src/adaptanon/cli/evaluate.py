@@ -1,0 +1,239 @@
+"""``adaptanon evaluate``: the paper's measurements on the user's images."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from adaptanon.classifiers import DEFAULT_MODEL
+from adaptanon.cli.options import (
+    Number,
+    build_settings,
+    device_option,
+    err,
+    load_model,
+    method_options,
+    progress_bar,
+    regions_and_inputs,
+)
+from adaptanon.engines import default_batch_size
+from adaptanon.evaluate import Config, evaluate, find_labels
+from adaptanon.method import FILTERS
+from adaptanon.records import Status
+
+SWEEP_FILTERS = tuple(FILTERS)
+
+
+def parse_list(text: str, hint: str) -> list[str]:
+    """Comma-separated values, stripped, duplicates dropped (order kept)."""
+    values = list(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
+    if not values:
+        raise click.BadParameter("give at least one value", param_hint=hint)
+    return values
+
+
+def parse_alphas(text: str) -> list[float]:
+    """``0.1,0.5`` -> ``[0.1, 0.5]``; each must be a positive number."""
+    alphas = []
+    kind = Number(min=0, min_open=True)
+    for part in parse_list(text, "--alpha"):
+        try:
+            alphas.append(kind.convert(part, None, None))
+        except click.BadParameter as exc:
+            raise click.BadParameter(exc.message, param_hint="--alpha") from exc
+    return list(dict.fromkeys(alphas))
+
+
+def parse_filters(text: str) -> list[str]:
+    """``blur,mask`` -> ``["blur", "mask"]``; each one of :data:`SWEEP_FILTERS`."""
+    names = parse_list(text, "--filter")
+    for name in names:
+        if name not in SWEEP_FILTERS:
+            raise click.BadParameter(
+                f"{name!r} is not one of {', '.join(SWEEP_FILTERS)}", param_hint="--filter"
+            )
+    return names
+
+
+def regions_identity(spec: str) -> str:
+    """What identifies the regions in the evaluation cache: the spec, with a boxes file
+    replaced by a hash of its content (so editing the file invalidates the cache)."""
+    if not spec.startswith("boxes="):
+        return spec
+    path = Path(spec.partition("=")[2])
+    try:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="--regions") from exc
+    return f"boxes:{digest}"
+
+
+def sweep_configs(kw: dict[str, Any]) -> list[Config]:
+    """The configurations to evaluate: models x filters x alphas, in that nesting order."""
+
+    models = parse_list(kw["model"], "--model")
+    filters = parse_filters(kw["filter_name"])
+    alphas = parse_alphas(kw["alpha"])
+    regions = regions_identity(kw["regions"])
+    return [
+        Config(model, name, build_settings(kw, name, alpha), regions)
+        for model in models
+        for name in filters
+        for alpha in alphas
+    ]
+
+
+def print_results(rows: list[dict[str, Any]], out: Path) -> None:
+    """The end-of-evaluation table, on stderr (the model column only when several)."""
+    from rich import box
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    several = len(models) > 1
+    title = "adaptanon evaluate" + ("" if several else f": {models[0]}" if models else "")
+    table = Table(title=title, box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    headers = ["model"] if several else []
+    headers += ["filter", "α", "images", "changed", "not corr.", "vuln. %", "final %", "steps"]
+    for header in headers + ["errors"]:
+        left = header in ("model", "filter")
+        table.add_column(header, justify="left" if left else "right", no_wrap=True)
+    for r in rows:
+        cells = [r["model"]] if several else []
+        cells += [
+            r["filter"],
+            f"{r['alpha']:g}",
+            str(r["images"]),
+            str(r["changed_after_anonymization"]),
+            str(r["not_corrected"]),
+            "–" if r["vulnerable_initial_pct"] is None else f"{r['vulnerable_initial_pct']:.2f}",
+            "–" if r["vulnerable_final_pct"] is None else f"{r['vulnerable_final_pct']:.3f}",
+            "–" if r["mean_steps"] is None else f"{r['mean_steps']:.2f}",
+            str(r["errors"]),
+        ]
+        table.add_row(*cells)
+    err.print(table)
+    err.print(f"results: {out}/results.json, results.csv, results.md, report.html")
+
+
+def evaluate_paths(
+    inputs: list[str], out: Path, kw: dict[str, Any], examples: int = 4, quiet: bool = False
+) -> list[dict[str, Any]]:
+    """Run ``evaluate`` on ``inputs`` with the parsed options; returns the results rows."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise click.UsageError(
+            "adaptanon evaluate writes its report with matplotlib: pip install 'adaptanon[report]'"
+        ) from exc
+
+    configs = sweep_configs(kw)
+    source, items = regions_and_inputs(inputs, out, kw)
+    try:
+        labels = find_labels(items)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="INPUT") from exc
+    with progress_bar(quiet) as progress:
+        overall = progress.add_task("all configurations", total=len(configs) * len(items))
+        current = progress.add_task("", total=len(items), visible=False)
+
+        def on_config(config: Any, cached: int, total: int) -> None:
+            progress.reset(current, total=total, completed=cached, visible=True)
+            progress.update(current, description=config.label)
+            progress.advance(overall, cached)
+
+        def on_row(config: Any, row: Any) -> None:
+            progress.advance(current)
+            progress.advance(overall)
+            if row.status == Status.ERROR:
+                progress.console.print(f"[red]error[/red] {row.name}: {row.message}")
+
+        try:
+            rows = evaluate(
+                items,
+                out,
+                configs,
+                source,
+                lambda spec: load_model(spec, kw["device"]),
+                batch_size=kw["batch_size"] or default_batch_size(device_option(kw["device"])),
+                examples=examples,
+                labels=labels,
+                on_config=on_config,
+                on_row=on_row,
+            )
+        except KeyboardInterrupt:
+            progress.stop()
+            err.print(f"[yellow]interrupted[/yellow]: rerun the same command to resume ({out})")
+            sys.exit(130)
+    if not quiet:
+        print_results(rows, out)
+    return rows
+
+
+@click.command("evaluate")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option(
+    "-o",
+    "--out",
+    "out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Folder for results.json, results.csv, results.md, report.html and cache/ "
+    "(a rerun with the same options resumes from it).",
+)
+@click.option(
+    "--examples",
+    type=click.IntRange(min=0),
+    default=4,
+    show_default=True,
+    help="Images per configuration kept for the report's figure (ones whose class "
+    "changed after anonymization).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+@method_options
+def evaluate_command(
+    inputs: tuple[str, ...], out: Path, examples: int, quiet: bool, **kw: Any
+) -> None:
+    """Measure the method on INPUT files, folders or globs, like the paper's Section 4.
+
+    --model, --filter and --alpha take comma-separated lists; every combination is
+    evaluated. A labels.csv (file,class_index) beside the images adds top-1 accuracies.
+    Writes OUT/results.json, results.csv, results.md and report.html. Exits 1 if no image
+    could be evaluated.
+    """
+    rows = evaluate_paths(list(inputs), out, kw, examples, quiet)
+    sys.exit(0 if any(r["images"] for r in rows) else 1)
+
+
+def _sweepable(command: click.Command) -> click.Command:
+    """Let ``--model``, ``--filter`` and ``--alpha`` of ``command`` take comma-separated
+    lists (same names and defaults as in ``anonymize``)."""
+    replacements = {
+        "model": click.Option(
+            ["--model"],
+            default=DEFAULT_MODEL,
+            show_default=True,
+            help="Model(s), comma-separated: built-in name (see `adaptanon models`), "
+            "TorchScript file, or module:function.",
+        ),
+        "filter_name": click.Option(
+            ["--filter", "filter_name"],
+            default="blur",
+            show_default=True,
+            help=f"Anonymization filter(s), comma-separated: {', '.join(SWEEP_FILTERS)}.",
+        ),
+        "alpha": click.Option(
+            ["--alpha"],
+            default="0.1",
+            show_default=True,
+            help="Step size(s), comma-separated, e.g. 0.025,0.05,0.1,0.5,1,2.",
+        ),
+    }
+    command.params = [replacements.get(p.name or "", p) for p in command.params]
+    return command
+
+
+_sweepable(evaluate_command)

@@ -1,0 +1,283 @@
+"""What the commands that run the method share: their options, validated at parse time
+(a bad value is a usage error, exit 2, before any work), and how they become settings, a
+classifier, a region source and the input list."""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from adaptanon.classifiers import DEFAULT_MODEL, Classifier, load_classifier
+from adaptanon.engines import resolve_device
+from adaptanon.io import FORMATS, Codec, InputImage, collect_inputs
+from adaptanon.io.codecs import FORMAT_ALIASES
+from adaptanon.method import (
+    FILTERS,
+    Filter,
+    GradientSolver,
+    Settings,
+    parse_criterion,
+    parse_filter,
+)
+from adaptanon.regions import RegionSource, parse_region_source
+
+err = Console(stderr=True)
+
+
+class Number(click.ParamType):
+    """A finite float within ``[min, max]`` (``min_open``: strictly above ``min``)."""
+
+    name = "number"
+
+    def __init__(
+        self, min: float | None = None, max: float | None = None, min_open: bool = False
+    ) -> None:
+        self.min, self.max, self.min_open = min, max, min_open
+
+    def describe(self) -> str:
+        """The accepted range, in words."""
+        low = (
+            "" if self.min is None else (f"> {self.min:g}" if self.min_open else f">= {self.min:g}")
+        )
+        high = "" if self.max is None else f"<= {self.max:g}"
+        return "a finite number" + (f" {low}" if low else "") + (f" and {high}" if high else "")
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number; expected {self.describe()}", param, ctx)
+        below = self.min is not None and (
+            number <= self.min if self.min_open else number < self.min
+        )
+        above = self.max is not None and number > self.max
+        if not math.isfinite(number) or below or above:
+            self.fail(f"{value} is out of range; expected {self.describe()}", param, ctx)
+        return number
+
+
+def method_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The options shared by every command that runs the method."""
+    options = [
+        click.option(
+            "--model",
+            default=DEFAULT_MODEL,
+            show_default=True,
+            help="Built-in name (see `adaptanon models`), TorchScript file, or module:function.",
+        ),
+        click.option(
+            "--regions",
+            default="saliency",
+            show_default=True,
+            help="saliency[:SIZE] (most salient SIZExSIZE square at the model view) "
+            "or boxes=FILE (JSON: image name -> [[x0,y0,x1,y1], ...]).",
+        ),
+        click.option(
+            "--shape",
+            type=click.Choice(["rect", "ellipse"]),
+            default="rect",
+            show_default=True,
+            help="Anonymize each box, or the ellipse inside it.",
+        ),
+        click.option(
+            "--filter",
+            "filter_name",
+            type=click.Choice(list(FILTERS)),
+            default="blur",
+            show_default=True,
+            help="Anonymization filter.",
+        ),
+        click.option(
+            "--blur-kernel",
+            type=click.IntRange(min=1),
+            default=9,
+            show_default=True,
+            help="Blur kernel size at the model view (odd).",
+        ),
+        click.option(
+            "--blur-sigma",
+            type=Number(min=0, min_open=True),
+            default=10.0,
+            show_default=True,
+            help="Blur sigma at the model view.",
+        ),
+        click.option(
+            "--mask-value",
+            type=Number(min=0, max=1),
+            default=0.5,
+            show_default=True,
+            help="Fill value in [0, 1] for --filter mask.",
+        ),
+        click.option(
+            "--mosaic-block",
+            type=click.IntRange(min=1),
+            default=8,
+            show_default=True,
+            help="Mosaic cell size at the model view.",
+        ),
+        click.option(
+            "--no-filter-scaling",
+            is_flag=True,
+            help="Use blur/mosaic sizes in input pixels instead of scaling them from "
+            "the model view to the input's resolution.",
+        ),
+        click.option(
+            "--alpha",
+            type=Number(min=0, min_open=True),
+            default=0.1,
+            show_default=True,
+            help="Step size, in [0,1] pixel units per step (gradient normalised to max 1).",
+        ),
+        click.option(
+            "--max-steps",
+            type=click.IntRange(min=0),
+            default=100,
+            show_default=True,
+            help="Most correction steps per image.",
+        ),
+        click.option(
+            "--criterion",
+            default="class",
+            show_default=True,
+            help="class (same top-1, margin 0.01), margin:M (same top-1 by at least M "
+            "logits), or prob:EPS (same class and L2 probability distance < EPS).",
+        ),
+        click.option(
+            "--delta",
+            type=Number(min=0),
+            default=None,
+            help="Optional L-inf bound on the correction around the anonymized pixels.",
+        ),
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice([*FORMATS, *FORMAT_ALIASES], case_sensitive=False),
+            default="png",
+            show_default=True,
+            help="Output format; the check is done on the decoded file.",
+        ),
+        click.option(
+            "--quality",
+            type=click.IntRange(1, 100),
+            default=95,
+            show_default=True,
+            help="JPEG/WebP quality.",
+        ),
+        click.option(
+            "--png-compression",
+            type=click.IntRange(0, 9),
+            default=1,
+            show_default=True,
+            help="PNG zlib level: 9 for the smallest files, 1 for speed.",
+        ),
+        click.option(
+            "--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."
+        ),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Images per forward/backward pass [default: 8 on CPU, 64 on CUDA].",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+FILTER_PARAMS = {
+    "blur": {"kernel": "blur_kernel", "sigma": "blur_sigma"},
+    "mask": {"value": "mask_value"},
+    "mosaic": {"block": "mosaic_block"},
+}
+"""Each filter's parameters and the options that give them."""
+
+
+def build_filter(name: str, kw: dict[str, Any]) -> Filter:
+    """The filter chosen by ``--filter`` and its parameters."""
+    if name == "blur" and kw["blur_kernel"] % 2 == 0:
+        raise click.BadParameter("must be odd and positive", param_hint="--blur-kernel")
+    params: dict[str, Any] = {key: kw[opt] for key, opt in FILTER_PARAMS[name].items()}
+    if name != "mask":
+        params["scale_to_input"] = not kw["no_filter_scaling"]
+    return parse_filter(name, **params)
+
+
+def build_settings(
+    kw: dict[str, Any], filter_name: str | None = None, alpha: float | None = None
+) -> Settings:
+    """Settings from the parsed shared options (``filter_name``/``alpha`` override them)."""
+    try:
+        criterion = parse_criterion(kw["criterion"])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--criterion") from exc
+    try:
+        solver = GradientSolver(
+            kw["alpha"] if alpha is None else alpha, kw["max_steps"], kw["delta"]
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--alpha") from exc
+    return Settings(
+        filter=build_filter(filter_name or kw["filter_name"], kw),
+        shape=kw["shape"],
+        criterion=criterion,
+        solver=solver,
+        codec=Codec(kw["fmt"], kw["quality"], kw["png_compression"]),
+    )
+
+
+def device_option(name: str) -> torch.device:
+    """``--device`` as a torch device, with a usage error for a bad value."""
+    try:
+        return resolve_device(name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--device") from exc
+
+
+def load_model(spec: str, device: str) -> Classifier:
+    """The classifier on its device, with CLI-friendly errors (a factory that raises gives
+    a usage error with its message)."""
+    target = device_option(device)
+    if "" not in sys.path and ":" in spec:
+        sys.path.insert(0, "")  # a factory module in the current folder, as `python -m` finds it
+    try:
+        return load_classifier(spec).to(target)
+    except Exception as exc:  # noqa: BLE001 - any failure of user model code is a usage error
+        raise click.BadParameter(f"{type(exc).__name__}: {exc}", param_hint="--model") from exc
+
+
+def regions_and_inputs(
+    inputs: list[str], out: Path, kw: dict[str, Any]
+) -> tuple[RegionSource, list[InputImage]]:
+    """The region source and the input images, with usage errors for bad values."""
+    try:
+        source = parse_region_source(kw["regions"])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--regions") from exc
+    try:
+        items = collect_inputs(inputs, exclude=out)
+    except FileNotFoundError as exc:
+        raise click.BadParameter(str(exc), param_hint="INPUT") from exc
+    return source, items
+
+
+def progress_bar(quiet: bool) -> Progress:
+    """A progress bar on stderr (disabled with ``quiet``)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=quiet,
+    )

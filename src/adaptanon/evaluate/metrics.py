@@ -1,0 +1,128 @@
+"""The paper's measurements as small pure functions of the per-image rows."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from adaptanon.evaluate.rows import Config, ImageRow
+from adaptanon.method.metrics import region_psnr
+from adaptanon.records import Status
+
+TIMING_KEYS = ("seconds_per_image", "images_per_second")
+"""Summary keys that depend on the machine, not on the method."""
+
+__all__ = ["TIMING_KEYS", "region_psnr"]
+
+
+def valid_rows(rows: Iterable[ImageRow]) -> list[ImageRow]:
+    """The rows that count as evaluated images (every status except ``error``)."""
+    return [r for r in rows if r.status != Status.ERROR]
+
+
+def count_changed(rows: Iterable[ImageRow]) -> int:
+    """Images whose class changed after the plain anonymization."""
+    return sum(1 for r in valid_rows(rows) if r.anonymized_class != r.original_class)
+
+
+def count_not_corrected(rows: Iterable[ImageRow]) -> int:
+    """Images whose final class differs from the original, or whose correction failed."""
+    return sum(
+        1
+        for r in valid_rows(rows)
+        if r.final_class != r.original_class or r.status == Status.FAILED
+    )
+
+
+def percent(part: int, whole: int) -> float | None:
+    """``100 * part / whole``; None when ``whole`` is 0."""
+    return None if whole == 0 else 100.0 * part / whole
+
+
+def steps_histogram(rows: Iterable[ImageRow]) -> dict[int, int]:
+    """Corrected images by number of steps, e.g. ``{1: 680, 2: 41, 3: 4}`` (sorted)."""
+    counts = Counter(r.steps for r in rows if r.status == Status.CORRECTED)
+    return dict(sorted(counts.items()))
+
+
+def mean_steps(rows: Iterable[ImageRow]) -> float | None:
+    """Mean number of steps over corrected images (the paper's average); None if none."""
+    steps = [r.steps for r in rows if r.status == Status.CORRECTED]
+    return sum(steps) / len(steps) if steps else None
+
+
+def mean_finite(values: Iterable[float | None]) -> float | None:
+    """Mean of the finite values (None and infinities skipped); None if there are none."""
+    kept = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(kept) / len(kept) if kept else None
+
+
+def accuracy(rows: Iterable[ImageRow], labels: Mapping[str, int], attr: str) -> float | None:
+    """Top-1 accuracy in percent of ``attr`` (``original_class``, ``anonymized_class`` or
+    ``final_class``) over the evaluated images that have a label (keyed by ``row.path``);
+    None when no image has one."""
+    labelled = [r for r in valid_rows(rows) if r.path in labels]
+    hits = sum(1 for r in labelled if getattr(r, attr) == labels[r.path])
+    return percent(hits, len(labelled))
+
+
+def timing(rows: Iterable[ImageRow]) -> tuple[float | None, float | None]:
+    """``(seconds per image, images per second)`` over the evaluated images."""
+    valid = valid_rows(rows)
+    total = sum(r.seconds for r in valid)
+    if not valid:
+        return None, None
+    return total / len(valid), (len(valid) / total if total > 0 else None)
+
+
+def summarize(
+    config: Config, rows: Sequence[ImageRow], labels: Mapping[str, int] | None = None
+) -> dict[str, Any]:
+    """One results row for ``config``: the paper's columns and more.
+
+    Percentages are in percent. ``not_corrected_pct`` is relative to the images that
+    changed class after anonymization (the paper's "% images not corrected"); the
+    ``vulnerable_*_pct`` are relative to all evaluated images. Images that could not be read
+    or processed are counted in ``errors`` and left out of everything else.
+    """
+    labels = labels or {}
+    valid = valid_rows(rows)
+    status = Counter(r.status for r in rows)
+    changed = count_changed(valid)
+    not_corrected = count_not_corrected(valid)
+    seconds, rate = timing(valid)
+    s = config.settings
+    return {
+        "model": config.model,
+        "filter": config.filter,
+        "alpha": config.alpha,
+        "regions": config.regions,
+        "filter_settings": s.filter.describe(),
+        "shape": s.shape,
+        "criterion": s.criterion.describe(),
+        "max_steps": s.solver.describe().get("max_steps"),
+        "format": s.codec.format,
+        "images": len(valid),
+        "errors": status[Status.ERROR],
+        "unchanged": status[Status.UNCHANGED],
+        "corrected": status[Status.CORRECTED],
+        "failed": status[Status.FAILED],
+        "changed_after_anonymization": changed,
+        "not_corrected": not_corrected,
+        "not_corrected_pct": percent(not_corrected, changed),
+        "vulnerable_initial_pct": percent(changed, len(valid)),
+        "vulnerable_final_pct": percent(not_corrected, len(valid)),
+        "mean_steps": mean_steps(valid),
+        "steps_histogram": steps_histogram(valid),
+        "labelled": sum(1 for r in valid if r.path in labels),
+        "accuracy_original": accuracy(valid, labels, "original_class"),
+        "accuracy_anonymized": accuracy(valid, labels, "anonymized_class"),
+        "accuracy_corrected": accuracy(valid, labels, "final_class"),
+        "psnr_plain_db": mean_finite(r.psnr_plain for r in valid),
+        "psnr_corrected_db": mean_finite(r.psnr_final for r in valid),
+        "seconds_per_image": seconds,
+        "images_per_second": rate,
+        "key": config.key,
+    }

@@ -1,0 +1,215 @@
+"""Running an evaluation: every configuration of the sweep over every image, resuming
+from the cache, then the summaries and reports."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from adaptanon.classifiers import Classifier
+from adaptanon.engines import load_batches, process_loaded
+from adaptanon.evaluate.cache import (
+    ConfigCache,
+    content_key,
+    image_key,
+    load_examples,
+    save_example,
+)
+from adaptanon.evaluate.labels import find_labels
+from adaptanon.evaluate.metrics import summarize
+from adaptanon.evaluate.rows import Config, ImageRow
+from adaptanon.io.images import InputImage
+from adaptanon.method import Outcome
+from adaptanon.records import Status
+from adaptanon.regions import RegionSource
+
+
+def outcome_row(item: InputImage, out: Outcome, seconds: float) -> ImageRow:
+    """The cache row for one processed image."""
+    rec = out.record
+    fields = rec.to_dict() | {"input": item.relative.as_posix()}
+    return ImageRow(
+        **fields,
+        path=image_key(item),
+        content=content_key(item),
+        seconds=seconds if rec.status != Status.ERROR else 0.0,
+    )
+
+
+def process_items(
+    classifier: Classifier,
+    source: RegionSource,
+    config: Config,
+    loaded: Sequence[tuple[InputImage, Any]],
+    examples_dir: Path,
+    examples_left: int,
+    first_example: int,
+) -> list[ImageRow]:
+    """Rows for one batch of loaded images (pixels, or the exception reading raised).
+
+    The first ``examples_left`` images whose class changed after anonymization are kept as
+    examples, numbered from ``first_example``.
+    """
+    start = time.perf_counter()
+    results = process_loaded(classifier, source, config.settings, loaded, keep_images=True)
+    good = sum(1 for _, px in loaded if not isinstance(px, Exception))
+    seconds = (time.perf_counter() - start) / max(1, good)
+    rows = []
+    for item, out in results:
+        row = outcome_row(item, out, seconds)
+        changed = row.anonymized_class is not None and row.anonymized_class != row.original_class
+        if changed and out.images is not None and examples_left > 0:
+            row.example = save_example(examples_dir, first_example, out.images)
+            first_example += 1
+            examples_left -= 1
+        rows.append(row)
+    return rows
+
+
+def pending_items(items: Sequence[InputImage], done: Mapping[str, ImageRow]) -> list[InputImage]:
+    """The images still to compute: not in the cache, cached from a file that has changed
+    since, or cached with status ``error`` (errors are retried; they are cheap and may have
+    been transient)."""
+    todo = []
+    for item in items:
+        row = done.get(image_key(item))
+        if row is None or row.status == Status.ERROR or row.content != content_key(item):
+            todo.append(item)
+    return todo
+
+
+@dataclass
+class SweepResult:
+    """The per-image rows of one configuration (in input order) and whether all are there."""
+
+    config: Config
+    rows: list[ImageRow]
+    complete: bool
+
+
+def run_sweep(
+    items: Sequence[InputImage],
+    cache_dir: Path,
+    configs: Sequence[Config],
+    source: RegionSource,
+    load_model: Callable[[str], Classifier],
+    *,
+    batch_size: int = 16,
+    examples: int = 4,
+    limit: int | None = None,
+    on_config: Callable[[Config, int, int], None] | None = None,
+    on_row: Callable[[Config, ImageRow], None] | None = None,
+    share_unchanged: bool = True,
+) -> list[SweepResult]:
+    """Evaluate every configuration on ``items``, resuming from ``cache_dir``.
+
+    Args:
+        load_model: model spec -> classifier; called once per model that has work left.
+        examples: images per configuration kept for the report's figure.
+        limit: compute at most this many images in this call, then stop (the results of
+            unfinished configurations have ``complete=False``); None for no limit.
+        on_config: called with (config, images already cached, images in all) as each
+            configuration starts.
+        on_row: called with each newly computed row.
+        share_unchanged: reuse the row of an image that plain anonymization left
+            unchanged (status ``unchanged``, 0 steps) for every configuration that differs
+            only in the step size: the step size plays no part before the first step.
+            Such rows are copied, not computed, and keep the first one's timing.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {batch_size}")
+    budget = math.inf if limit is None else limit
+    models: dict[str, Classifier] = {}
+    results: list[SweepResult] = []
+    unchanged: dict[str, dict[str, ImageRow]] = {}
+    for config in configs:
+        cache = ConfigCache(cache_dir, config)
+        done = cache.read()
+        shared = unchanged.setdefault(config.step_free_key, {})
+        if share_unchanged:
+            shared.update({k: r for k, r in done.items() if r.status == Status.UNCHANGED})
+            copies = [
+                replace(shared[image_key(item)], example=None)
+                for item in pending_items(items, done)
+                if image_key(item) in shared
+            ]
+            cache.append(copies)
+            done.update((r.path, r) for r in copies)
+        todo = pending_items(items, done)
+        if on_config:
+            on_config(config, len(items) - len(todo), len(items))
+        todo = todo[: int(min(len(todo), budget))]
+        if todo and config.model not in models:
+            models.clear()  # one model in memory at a time; configs come grouped
+            models[config.model] = load_model(config.model)
+        saved = sum(1 for r in done.values() if r.example)
+        for loaded in load_batches(todo, batch_size):
+            rows = process_items(
+                models[config.model],
+                source,
+                config,
+                loaded,
+                cache.examples_dir,
+                max(0, examples - saved),
+                saved,
+            )
+            saved += sum(1 for r in rows if r.example)
+            cache.append(rows)
+            budget -= len(rows)
+            for row in rows:
+                done[row.path] = row
+                if row.status == Status.UNCHANGED:
+                    shared[row.path] = row
+                if on_row:
+                    on_row(config, row)
+        ordered = [done[k] for k in map(image_key, items) if k in done]
+        results.append(SweepResult(config, ordered, len(ordered) == len(items)))
+    return results
+
+
+def evaluate(
+    items: Sequence[InputImage],
+    out_dir: Path,
+    configs: Sequence[Config],
+    source: RegionSource,
+    load_model: Callable[[str], Classifier],
+    *,
+    batch_size: int = 16,
+    examples: int = 4,
+    limit: int | None = None,
+    labels: Mapping[str, int] | None = None,
+    on_config: Callable[[Config, int, int], None] | None = None,
+    on_row: Callable[[Config, ImageRow], None] | None = None,
+    share_unchanged: bool = True,
+) -> list[dict[str, Any]]:
+    """Run the sweep (see :func:`run_sweep`) and write ``results.json``, ``results.csv``,
+    ``results.md`` and ``report.html`` to ``out_dir``. Returns the results rows, one per
+    configuration. ``labels`` defaults to the ``labels.csv`` files beside the images."""
+    from adaptanon.evaluate.report import write_reports
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = out_dir / "cache"
+    swept = run_sweep(
+        items,
+        cache_dir,
+        configs,
+        source,
+        load_model,
+        batch_size=batch_size,
+        examples=examples,
+        limit=limit,
+        on_config=on_config,
+        on_row=on_row,
+        share_unchanged=share_unchanged,
+    )
+    labels = find_labels(items) if labels is None else labels
+    summaries = [summarize(s.config, s.rows, labels) for s in swept]
+    for summary, s in zip(summaries, swept, strict=True):
+        summary["complete"] = s.complete
+    figures = [(s.config, load_examples(cache_dir, s.config, s.rows)) for s in swept]
+    write_reports(out_dir, summaries, figures, examples)
+    return summaries

@@ -1,0 +1,6 @@
+"""Solvers: the :class:`Solver` interface and the paper's :class:`GradientSolver`."""
+
+from adaptanon.method.solvers.base import Solver, SolverResult
+from adaptanon.method.solvers.gradient import GradientSolver, correct, normalized_step, project
+
+__all__ = ["GradientSolver", "Solver", "SolverResult", "correct", "normalized_step", "project"]

@@ -1,0 +1,101 @@
+"""What the pipeline says about one image: its :class:`Status` and a light
+:class:`ImageRecord` (no pixels), the one record that the manifest, ``evaluate`` and the
+engines share.
+
+This module is the bottom layer: it imports nothing else from adaptanon.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
+from typing import Any, Self
+
+Box = tuple[int, int, int, int]
+"""``(x0, y0, x1, y1)`` in integer input pixels, half-open: columns ``x0 .. x1-1``."""
+
+
+class Status(StrEnum):
+    """What happened to an image.
+
+    ``unchanged``: plain anonymization kept the decision; ``corrected``: the correction
+    restored it; ``no_regions``: the region source found nothing to anonymize (the file is
+    re-encoded and checked, nothing is hidden); ``failed``: the criterion was not met;
+    ``error``: the image could not be read or processed.
+    """
+
+    UNCHANGED = "unchanged"
+    CORRECTED = "corrected"
+    NO_REGIONS = "no_regions"
+    FAILED = "failed"
+    ERROR = "error"
+
+    @property
+    def ok(self) -> bool:
+        """True for statuses whose output is written among the finished files."""
+        return self in (Status.UNCHANGED, Status.CORRECTED, Status.NO_REGIONS)
+
+
+@dataclass
+class ImageRecord:
+    """One image's result, as written to ``manifest.jsonl`` (one JSON object per line).
+
+    Classes are the classifier's integer indices; ``regions`` are half-open
+    ``[x0, y0, x1, y1]`` boxes in input pixels. ``psnr_plain``/``psnr_final`` are the PSNR
+    in dB between the original and the plainly anonymized / written pixels inside the
+    regions (None without regions or when equal). ``settings`` describes the run.
+    """
+
+    input: str
+    status: Status = Status.ERROR
+    output: str | None = None
+    regions: list[list[int]] = field(default_factory=list)
+    steps: int = 0
+    original_class: int | None = None
+    anonymized_class: int | None = None
+    final_class: int | None = None
+    error: str | None = None
+    original_name: str | None = None
+    anonymized_name: str | None = None
+    final_name: str | None = None
+    original_confidence: float | None = None
+    anonymized_confidence: float | None = None
+    final_confidence: float | None = None
+    final_margin: float | None = None
+    psnr_plain: float | None = None
+    psnr_final: float | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.status = Status(self.status)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as a JSON-ready dict (status as its string)."""
+        data = asdict(self)
+        data["status"] = str(self.status)
+        return data
+
+    def to_json(self) -> str:
+        """The record as one line of JSON."""
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Build from a decoded JSON object (unknown keys are ignored)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+REQUIRED_KEYS = (
+    "input",
+    "output",
+    "regions",
+    "status",
+    "steps",
+    "original_class",
+    "anonymized_class",
+    "final_class",
+    "error",
+)
+"""Keys every manifest record has."""
