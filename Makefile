@@ -26,9 +26,12 @@ chromium:
 test: $(STAMP) chromium
 	$(PY) -m pytest -q
 
+# ruff, the import layering contract (pyproject.toml [tool.importlinter]) and mypy.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	bash bench/run_all.sh
