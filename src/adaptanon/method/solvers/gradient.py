@@ -188,10 +188,17 @@ def _descend(
         if step == max_steps or not todo:
             break
         loss = F.cross_entropy(logits[todo], target[active][todo], reduction="sum")
-        grads = torch.autograd.grad(loss, [leaves[j] for j in todo])
+        # A region the classifier's view does not reach has no gradient (None): it stops.
+        grads = (
+            torch.autograd.grad(loss, [leaves[j] for j in todo], allow_unused=True)
+            if loss.requires_grad
+            else [None] * len(todo)
+        )
         still: list[int] = []
         for j, g in zip(todo, grads, strict=True):
             i = active[j]
+            if g is None:
+                continue
             update = normalized_step(g, masks[i], alpha)
             with torch.no_grad():
                 state[i] = project(state[i].detach() + update, start[i], masks[i], delta)
