@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_image, save_png
 from PIL import Image
 from torch import nn
 
@@ -28,7 +29,6 @@ from adaptanon import (
     to_image,
 )
 from adaptanon.preprocessing import Preprocess
-from conftest import make_image, save_png
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 from click.testing import CliRunner
+from conftest import make_image, save_png
 
 from adaptanon.cli import main
 from adaptanon.io import read_manifest
-from conftest import make_image, save_png
 
 
 def test_mistyped_boxes_key_is_reported_and_gives_no_regions(tmp_path):

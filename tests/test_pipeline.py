@@ -12,7 +12,9 @@ from adaptanon.io.codecs import Codec, to_image, to_pixels
 from adaptanon.method.filters import Mask
 from adaptanon.method.pipeline import Settings, encode_verified, process_batch
 from adaptanon.method.solvers import GradientSolver
+from adaptanon.preprocessing import Preprocess
 from adaptanon.records import Status
+from adaptanon.regions import ExplicitBoxes, SaliencyBox
 
 CORRECTED, ERROR, FAILED, UNCHANGED = (
     Status.CORRECTED,
@@ -20,8 +22,6 @@ CORRECTED, ERROR, FAILED, UNCHANGED = (
     Status.FAILED,
     Status.UNCHANGED,
 )
-from adaptanon.preprocessing import Preprocess
-from adaptanon.regions import ExplicitBoxes, SaliencyBox
 
 
 def centre(img):

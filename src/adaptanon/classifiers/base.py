@@ -119,7 +119,7 @@ class TorchClassifier:
         device = torch.device(device)
         self.model.to(device)
         if device.type == "cuda":
-            self.model.to(memory_format=torch.channels_last)
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         return self
 
     def geometry(self, height: int, width: int) -> ViewGeometry | None:

@@ -90,9 +90,9 @@ def thumbnail(pixels: np.ndarray, size: int = THUMBNAIL, mask: bool = False) -> 
         return pixels
     dims = (max(1, round(w * scale)), max(1, round(h * scale)))
     if mask:
-        img = Image.fromarray(pixels.astype(np.uint8) * 255).resize(dims, Image.NEAREST)
+        img = Image.fromarray(pixels.astype(np.uint8) * 255).resize(dims, Image.Resampling.NEAREST)
         return np.asarray(img) > 127
-    return np.asarray(Image.fromarray(pixels).resize(dims, Image.LANCZOS))
+    return np.asarray(Image.fromarray(pixels).resize(dims, Image.Resampling.LANCZOS))
 
 
 def save_example(directory: Path, index: int, images: OutcomeImages) -> str:

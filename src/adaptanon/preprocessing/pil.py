@@ -21,6 +21,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 _PRECISION_BITS = 22  # Pillow's fixed-point precision for 8-bit images (Resample.c)
+_MAX_DENSE_ENTRIES = 1 << 22  # largest dense resampling matrix (float64: 32 MiB)
 
 
 @lru_cache(maxsize=256)
@@ -95,8 +96,11 @@ def _axis_plan(
     first, last = int(index.min()), int(index.max()) + 1
     index = index - first
     matrix = None
-    if last - first <= 3 * (stop - start):
-        matrix = torch.zeros(stop - start, last - first, dtype=torch.float64)
+    n = stop - start
+    # Dense only while it stays small: an upscaled axis (a 10-pixel side resized to 256000)
+    # would otherwise ask for an n x in_size matrix (20 GB). Both paths sum exactly.
+    if last - first <= 3 * n and n * (last - first) <= _MAX_DENSE_ENTRIES:
+        matrix = torch.zeros(n, last - first, dtype=torch.float64)
         matrix.scatter_add_(1, index, weight)
         matrix = matrix.to(device)
     return first, last, torch.stack([index.to(torch.float64), weight]).to(device), matrix
@@ -138,7 +142,7 @@ def pil_vertical_first(in_h: int, in_w: int, out_h: int, out_w: int) -> bool:
         return False  # the height shrinks no more than the width: every Pillow goes across first
     pixels = np.random.default_rng(in_h * 7919 + in_w).integers(0, 256, (in_h, in_w, 3), np.uint8)
     expected = torch.from_numpy(
-        np.array(Image.fromarray(pixels).resize((out_w, out_h), Image.BILINEAR))
+        np.array(Image.fromarray(pixels).resize((out_w, out_h), Image.Resampling.BILINEAR))
     ).permute(2, 0, 1)
     x = torch.from_numpy(pixels).permute(2, 0, 1).to(torch.float64)
     plan_h = _axis_plan(in_w, out_w, 0, out_w, x.device)

@@ -174,7 +174,7 @@ def _descend(
         else:
             ref = reference.to(device)[active]
         ok = criterion(logits.detach(), target[active], ref).cpu()
-        if initial_logits is None:
+        if initial_logits is None or final_logits is None:
             initial_logits = logits.detach().new_zeros(n, logits.shape[1])
             final_logits = initial_logits.clone()
             initial_logits[active] = logits.detach()
