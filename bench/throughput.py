@@ -21,14 +21,12 @@ import platform
 import time
 
 import torch
-from adaptanon.encoding import to_image
-from adaptanon.files import collect_inputs, read_image
-from adaptanon.filters import Blur
-from adaptanon.pipeline import Settings, process_batch
-from adaptanon.runner import default_batch_size, resolve_device
 from docs_section import update_section
 
 from adaptanon.classifiers import efficientnet_lite
+from adaptanon.engines import default_batch_size, resolve_device
+from adaptanon.io import collect_inputs, read_image, to_image
+from adaptanon.method import Blur, Settings, process_batch
 from adaptanon.regions import SaliencyBox
 
 
@@ -69,7 +67,7 @@ def time_pipeline(clf, images, names, batch: int, device: torch.device) -> tuple
         for out in process_batch(
             clf, source, settings, names[i : i + batch], images[i : i + batch]
         ):
-            counts[out.status] = counts.get(out.status, 0) + 1
+            counts[str(out.status)] = counts.get(str(out.status), 0) + 1
     sync(device)
     return time.perf_counter() - start, counts
 
