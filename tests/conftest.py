@@ -23,6 +23,31 @@ from adaptanon.classifiers import TorchClassifier  # noqa: E402
 from adaptanon.cli.demo import demo_photo_paths  # noqa: E402
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--device",
+        default="cpu",
+        help="torch device for the tests that follow the code to an accelerator: cpu, cuda, cuda:N",
+    )
+
+
+@pytest.fixture(scope="session")
+def device(pytestconfig: pytest.Config) -> torch.device:
+    """The device given by ``--device`` (``pytest --device cuda`` runs the CUDA path:
+    channels-last model, batch 64)."""
+    dev = torch.device(pytestconfig.getoption("--device"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        pytest.exit("--device cuda asked for, but this torch build sees no CUDA GPU", returncode=4)
+    return dev
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that load the real EfficientNet-Lite0 are slow: mark them."""
+    for item in items:
+        if "lite0" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 def make_image(height: int, width: int, seed: int = 0) -> torch.Tensor:
     """A smooth-ish random RGB image, ``(3, H, W)`` float32 holding 8-bit values ``k/255``."""
     gen = torch.Generator().manual_seed(seed)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tiny_factory
 import torch
 from conftest import make_image, save_png
 from PIL import Image
@@ -39,8 +40,9 @@ def centre_box(img: torch.Tensor) -> tuple[int, int, int, int]:
 
 
 @pytest.fixture
-def anon(tiny) -> Anonymizer:
-    return Anonymizer(tiny, filter=Mask(1.0), device="cpu")
+def anon(device) -> Anonymizer:
+    """The tiny classifier on the test device (``pytest --device cuda``), masking white."""
+    return Anonymizer(tiny_factory.make(), filter=Mask(1.0), device=device)
 
 
 def test_call_under_no_grad_corrects(anon, synth_batch):
@@ -50,11 +52,12 @@ def test_call_under_no_grad_corrects(anon, synth_batch):
     statuses = [o.status for o in outs]
     assert Status.CORRECTED in statuses, "masking the centre white changes the tiny model's class"
     assert set(statuses) <= {Status.UNCHANGED, Status.CORRECTED}
+    assert anon.batch_size == (64 if anon.classifier.device.type == "cuda" else 8)
     for o in outs:
         assert o.record.final_class == o.record.original_class
         assert o.image is not None and o.data is not None
         assert np.array_equal(
-            Codec().decode(o.data), (o.image.permute(1, 2, 0) * 255).round().byte().numpy()
+            Codec().decode(o.data), (o.image.permute(1, 2, 0) * 255).round().byte().cpu().numpy()
         )
 
 
@@ -124,10 +127,16 @@ def test_anonymize_file_writes_only_verified_files(anon, tmp_path):
     assert rec.status.ok and rec.output == str(tmp_path / "out.png")
     assert rec.input == str(src) and rec.settings["model"] == "tiny"
     written = read_image(tmp_path / "out.png")
-    assert int(anon.classifier.logits([to_image(written)]).argmax()) == rec.original_class
+    logits = anon.classifier.logits([to_image(written, anon.classifier.device)])
+    assert int(logits.argmax()) == rec.original_class
     with pytest.raises(ValueError, match="overwrite the input"):
         anon.anonymize_file(src, src)
-    failing = Anonymizer(anon.classifier, filter=Mask(1.0), solver=GradientSolver(max_steps=0))
+    failing = Anonymizer(
+        anon.classifier,
+        filter=Mask(1.0),
+        solver=GradientSolver(max_steps=0),
+        device=anon.classifier.device,
+    )
     imgs = [make_image(48, 64, s) for s in range(6)]
     recs = []
     for s, im in enumerate(imgs):
