@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 from rich.table import Table
 
 from adaptanon.cli.options import (
@@ -18,6 +19,7 @@ from adaptanon.cli.options import (
     regions_and_inputs,
 )
 from adaptanon.engines import FAILED_DIR, Summary, default_batch_size, run
+from adaptanon.engines.local import OutputRefused, RunStopped
 from adaptanon.io import InputImage
 from adaptanon.records import ImageRecord, Status
 from adaptanon.regions import RegionSource
@@ -44,8 +46,14 @@ def print_summary(summary: Summary, out_dir: Path) -> None:
         table.add_row(str(status), str(summary.counts[status]))
     err.print(table)
     err.print(f"outputs and manifest: {out_dir}/ (manifest.jsonl)")
-    if summary.counts[Status.FAILED]:
-        err.print(f"[yellow]failed images are under {out_dir / FAILED_DIR}/[/yellow]")
+    if summary.counts[Status.FAILED] or summary.counts[Status.WEAK]:
+        err.print(f"[yellow]failed and weak images are under {out_dir / FAILED_DIR}/[/yellow]")
+    if summary.counts[Status.WEAK]:
+        err.print(
+            f"[yellow]{summary.counts[Status.WEAK]} image(s) are weakly anonymized (status "
+            "weak): a region of the written file is too similar to the original (see "
+            "strength_final in the manifest; use a stronger filter)[/yellow]"
+        )
     if summary.counts[Status.NO_REGIONS]:
         err.print(
             f"[yellow]{summary.counts[Status.NO_REGIONS]} image(s) had no region to "
@@ -54,9 +62,14 @@ def print_summary(summary: Summary, out_dir: Path) -> None:
 
 
 def anonymize_paths(
-    inputs: list[str], out: Path, kw: dict[str, Any], quiet: bool = False
+    inputs: list[str], out: Path, kw: dict[str, Any], quiet: bool = False, overwrite: bool = False
 ) -> Summary:
-    """Run ``anonymize`` on ``inputs`` with the parsed shared options."""
+    """Run ``anonymize`` on ``inputs`` with the parsed shared options.
+
+    Another run writing into ``out`` is a usage error (exit 2); a full, read-only or
+    unwritable disk ends the run with one line (exit 1); Ctrl-C exits 130. In each case
+    the manifest lists the images finished.
+    """
     settings = build_settings(kw)
     source, items = regions_and_inputs(inputs, out, kw)
     classifier = load_model(kw["model"], kw["device"])
@@ -70,7 +83,24 @@ def anonymize_paths(
                 progress.console.print(f"[red]error[/red] {rec.input}: {rec.error}")
 
         batch = kw["batch_size"] or default_batch_size(classifier.device)
-        summary = run(items, out, classifier, source, settings, batch, advance)
+        try:
+            summary = run(
+                items, out, classifier, source, settings, batch, advance, overwrite=overwrite
+            )
+        except OutputRefused as exc:
+            raise click.UsageError(str(exc)) from exc
+        except RunStopped as exc:
+            progress.stop()
+            err.print(f"[red]error[/red]: {escape(str(exc))}", soft_wrap=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            progress.stop()
+            err.print(
+                f"[yellow]interrupted[/yellow]: {escape(str(out))}/manifest.jsonl lists the "
+                "images finished; rerun the same command to finish",
+                soft_wrap=True,
+            )
+            sys.exit(130)
     if not quiet:
         print_summary(summary, out)
     return summary
@@ -87,13 +117,20 @@ def anonymize_paths(
     show_default=True,
     help="Output folder (inputs keep their relative paths).",
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace existing files in OUT that no earlier run into OUT wrote (by default "
+    "such an image gets status error). Inputs are never replaced.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @method_options
-def anonymize(inputs: tuple[str, ...], out: Path, quiet: bool, **kw: Any) -> None:
+def anonymize(inputs: tuple[str, ...], out: Path, overwrite: bool, quiet: bool, **kw: Any) -> None:
     """Anonymize INPUT files, folders (recursively) or globs into OUT.
 
     Writes OUT/manifest.jsonl. Exits 0 when every image is unchanged, corrected or had no
-    region (no_regions), 1 if any image failed or could not be read, 2 on a usage error.
+    region (no_regions), 1 if any image failed or could not be read or the disk is full or
+    read-only, 2 on a usage error (another run writing into OUT included), 130 on Ctrl-C.
     """
-    summary = anonymize_paths(list(inputs), out, kw, quiet)
+    summary = anonymize_paths(list(inputs), out, kw, quiet, overwrite)
     sys.exit(0 if summary.ok else 1)

@@ -1,22 +1,26 @@
 """The stateful shell: read files in batches, run the pipeline, write outputs and the
-manifest. Bad inputs are recorded and the run goes on; inputs are never overwritten."""
+manifest. Bad inputs are recorded and the run goes on; inputs, files outside the output
+folder and files no earlier run wrote are never overwritten; a full or read-only disk
+stops the run."""
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from adaptanon.classifiers import Classifier
-from adaptanon.io.atomic import atomic_write
+from adaptanon.io.atomic import FolderLock, atomic_write, is_fatal_write_error
 from adaptanon.io.codecs import to_image
 from adaptanon.io.images import InputImage, read_image
-from adaptanon.io.manifest import ManifestWriter
+from adaptanon.io.manifest import ManifestWriter, read_earlier_manifest, save_records
 from adaptanon.method.pipeline import Outcome, Settings, process_batch
 from adaptanon.records import ImageRecord, Status
 from adaptanon.regions import RegionSource
@@ -110,6 +114,171 @@ def load_batches(
             yield loaded
 
 
+class OutputRefused(Exception):
+    """The output folder cannot be used as asked, and nothing was written: another run
+    holds it, or its ``manifest.jsonl`` is not adaptanon's (a usage error)."""
+
+
+class RunStopped(Exception):
+    """Writing failed in a way that no later write can avoid (disk full, read-only or
+    unwritable folder, I/O error): the run stopped. The manifest is valid up to the last
+    finished image."""
+
+
+MANIFEST_NAME = "manifest.jsonl"
+EARLIER_NAME = ".manifest.earlier.jsonl"
+"""While a run goes on, the records of earlier runs are kept in this hidden file, so that
+a run killed before it could carry them over (see :class:`OutputFolder`) loses nothing."""
+
+
+def _stopped(what: str, exc: OSError) -> RunStopped:
+    reason = exc.strerror or str(exc)
+    return RunStopped(f"cannot {what}: {reason}")
+
+
+class OutputFolder:
+    """The output folder of one run, and what it may write there.
+
+    An output is written only inside the folder (after resolving ``..`` and symbolic
+    links), never over an input, and never over an existing file that an earlier run did
+    not write (listed as ``output`` in the folder's manifest) unless ``overwrite``. When an
+    image's result moves (now ``error``, or between ``OUT`` and ``OUT/_failed``), the file
+    an earlier run wrote for it is removed. Records of earlier runs whose images this run
+    does not process and whose files remain are carried over into the new manifest, so it
+    describes every file adaptanon wrote in the folder.
+    """
+
+    def __init__(self, out_dir: Path, overwrite: bool = False) -> None:
+        self.out_dir = out_dir
+        self.root = out_dir.resolve()
+        self.overwrite = overwrite
+        self.earlier: list[dict[str, Any]] = []
+        self.owned: set[Path] = set()
+        self.by_input: dict[Path, set[Path]] = {}
+        self.claimed: set[Path] = set()
+        self.targets: set[Path] = set()
+        self.done_inputs: set[Path] = set()
+
+    @staticmethod
+    def real(path: Path) -> Path:
+        """``path`` with its folder resolved (``..`` and links), its last name kept: the
+        directory entry a write to ``path`` replaces."""
+        return path.parent.resolve() / path.name
+
+    def inside(self, real: Path) -> bool:
+        """True when the resolved ``real`` lies inside the folder (not the folder itself)."""
+        return real != self.root and real.is_relative_to(self.root)
+
+    def load_earlier(self) -> None:
+        """Read what earlier runs wrote, before the manifest is rewritten.
+
+        Raises:
+            OutputRefused: ``manifest.jsonl`` exists but is not an adaptanon manifest (and
+                not ``overwrite``).
+        """
+        manifest, kept = self.out_dir / MANIFEST_NAME, self.out_dir / EARLIER_NAME
+        records: list[dict[str, Any]] = []
+        if kept.is_file() and not kept.is_symlink():
+            try:
+                records += read_earlier_manifest(kept)  # left by a run that was killed
+            except (OSError, ValueError):
+                pass
+        if os.path.lexists(manifest):
+            try:
+                records += read_earlier_manifest(manifest)
+            except (OSError, ValueError) as exc:
+                if not self.overwrite:
+                    raise OutputRefused(
+                        f"{manifest} exists and is not an adaptanon manifest ({exc}); "
+                        "move it away or pass --overwrite to replace it"
+                    ) from exc
+        self.earlier = records
+        for rec in records:
+            output, source = rec.get("output"), rec.get("input")
+            if not isinstance(output, str) or not output:
+                continue
+            real = self.real(Path(output))
+            if not self.inside(real):
+                continue
+            self.owned.add(real)
+            if isinstance(source, str) and source:
+                self.by_input.setdefault(Path(source).resolve(), set()).add(real)
+        if records:
+            save_records(kept, records)
+
+    def refusal(self, target: Path, inputs: set[Path]) -> str | None:
+        """Why ``target`` must not be written, or None when it may."""
+        real = self.real(target)
+        self.targets.add(real)
+        if not self.inside(real):
+            return f"refusing to write {target}: it lies outside the output folder {self.out_dir}"
+        if real in inputs:
+            return f"refusing to overwrite the input {target}"
+        if real in self.claimed:
+            return f"another input already writes {target}"
+        if os.path.lexists(real) and real not in self.owned and not self.overwrite:
+            return (
+                f"{target} already exists and was not written by an earlier run into "
+                f"{self.out_dir}; pass --overwrite to replace it"
+            )
+        return None
+
+    def claim(self, target: Path) -> None:
+        """Note that this run wrote ``target``."""
+        self.claimed.add(self.real(target))
+
+    def retire(self, item: InputImage, rec: ImageRecord, inputs: set[Path]) -> None:
+        """Remove the files earlier runs wrote for ``item`` that no longer hold its result
+        (a note goes into ``rec.error`` if one cannot be removed).
+
+        Raises:
+            RunStopped: removing failed for a reason that stops the run.
+        """
+        key = item.path.resolve()
+        self.done_inputs.add(key)
+        current = self.real(Path(rec.output)) if rec.output else None
+        for old in sorted(self.by_input.get(key, ())):
+            if old == current or old in self.claimed or old in inputs:
+                continue
+            try:
+                old.unlink()
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                if is_fatal_write_error(exc):
+                    raise _stopped(f"remove the earlier output {old}", exc) from exc
+                note = f"its earlier output {old} could not be removed: {exc.strerror or exc}"
+                rec.error = f"{rec.error}; {note}" if rec.error else note
+
+    def carried_over(self) -> list[dict[str, Any]]:
+        """Records of earlier runs whose images this run did not process and whose files
+        are still there (the latest record per file)."""
+        kept: dict[Path, dict[str, Any]] = {}
+        for rec in self.earlier:
+            output, source = rec.get("output"), rec.get("input")
+            if not isinstance(output, str) or not output:
+                continue
+            real = self.real(Path(output))
+            if isinstance(source, str) and source and Path(source).resolve() in self.done_inputs:
+                continue
+            if real in self.claimed or real in self.targets or not self.inside(real):
+                continue
+            if real.is_file() and not real.is_symlink():
+                kept.pop(real, None)
+                kept[real] = rec
+        return list(kept.values())
+
+    def finish(self, writer: ManifestWriter) -> None:
+        """Carry earlier records over into ``writer`` and drop the hidden copy of them.
+        A write that fails leaves the copy for the next run."""
+        try:
+            for rec in self.carried_over():
+                writer.write(rec)
+            (self.out_dir / EARLIER_NAME).unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
 def run(
     inputs: Sequence[InputImage],
     out_dir: Path,
@@ -118,18 +287,65 @@ def run(
     settings: Settings,
     batch_size: int = 8,
     on_record: Callable[[ImageRecord], None] | None = None,
+    *,
+    overwrite: bool = False,
 ) -> Summary:
     """Anonymize ``inputs`` into ``out_dir``, writing ``out_dir/manifest.jsonl``.
 
     Reading runs in a background thread while the classifier works on the previous batch.
+    One run at a time may write into ``out_dir`` (``out_dir/.adaptanon.lock``). Existing
+    files that no earlier run wrote are replaced only with ``overwrite`` (see
+    :class:`OutputFolder` for every rule); inputs never are.
+
+    Raises:
+        OutputRefused: another run holds ``out_dir``, or its manifest is not adaptanon's.
+        RunStopped: the disk is full, read-only or not writable; the manifest lists the
+            images finished.
+        KeyboardInterrupt: passed on, after the manifest is closed.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _stopped(f"create the output folder {out_dir}", exc) from exc
+    lock = FolderLock(out_dir)
+    try:
+        lock.acquire()
+    except BlockingIOError as exc:
+        raise OutputRefused(
+            f"another adaptanon run is writing into {out_dir} (it holds {lock.path}); "
+            "wait for it to finish or choose another output folder"
+        ) from exc
+    except OSError as exc:
+        raise _stopped(f"lock the output folder {out_dir}", exc) from exc
+    try:
+        return _run_locked(
+            inputs, OutputFolder(out_dir, overwrite), classifier, source, settings, batch_size,
+            on_record,
+        )  # fmt: skip
+    finally:
+        lock.release()
+
+
+def _run_locked(
+    inputs: Sequence[InputImage],
+    folder: OutputFolder,
+    classifier: Classifier,
+    source: RegionSource,
+    settings: Settings,
+    batch_size: int,
+    on_record: Callable[[ImageRecord], None] | None,
+) -> Summary:
+    out_dir = folder.out_dir
     input_paths = {item.path.resolve() for item in inputs}
-    claimed: set[Path] = set()
     summary = Summary()
     described = {"model": classifier.name, "regions": source.describe(), **settings.describe()}
+    try:
+        folder.load_earlier()
+        writer = ManifestWriter(out_dir / MANIFEST_NAME)
+    except OSError as exc:
+        raise _stopped(f"write the manifest in {out_dir}", exc) from exc
 
     def record(item: InputImage, out: Outcome) -> None:
         rec = out.record
@@ -138,27 +354,40 @@ def run(
         if out.data is not None and rec.status != Status.ERROR:
             failed = not rec.status.ok
             target = output_path(out_dir, item, settings.codec.extension, failed)
-            resolved = target.resolve()
-            if resolved in input_paths:
-                rec.status, rec.error = Status.ERROR, f"refusing to overwrite the input {item.path}"
-            elif resolved in claimed:
-                rec.status, rec.error = Status.ERROR, f"another input already writes {target}"
+            refusal = folder.refusal(target, input_paths)
+            if refusal:
+                rec.status, rec.error = Status.ERROR, refusal
             else:
                 try:
                     atomic_write(target, out.data)
-                    claimed.add(resolved)
-                    rec.output = str(target)
                 except OSError as exc:
+                    if is_fatal_write_error(exc):
+                        raise _stopped(f"write {target}", exc) from exc
                     rec.status, rec.error = Status.ERROR, f"cannot write {target}: {exc}"
-        writer.write(rec)
+                else:
+                    folder.claim(target)
+                    rec.output = str(target)
+        folder.retire(item, rec, input_paths)
+        try:
+            writer.write(rec)
+        except OSError as exc:
+            raise _stopped(f"write the manifest {writer.path}", exc) from exc
         summary.add(rec.status)
         if on_record:
             on_record(rec)
 
-    with ManifestWriter(out_dir / "manifest.jsonl") as writer:
-        for loaded in load_batches(inputs, batch_size):
-            for item, out in process_loaded(classifier, source, settings, loaded):
-                record(item, out)
+    with writer:
+        try:
+            for loaded in load_batches(inputs, batch_size):
+                for item, out in process_loaded(classifier, source, settings, loaded):
+                    record(item, out)
+        except RunStopped as exc:
+            raise RunStopped(
+                f"{exc}; the run stopped, {writer.path} lists the {summary.images} "
+                "image(s) finished"
+            ) from exc.__cause__
+        finally:
+            folder.finish(writer)
     return summary
 
 

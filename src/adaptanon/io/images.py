@@ -29,8 +29,8 @@ def collect_inputs(specs: list[str], exclude: Path | None = None) -> list[InputI
     hold earlier outputs) are left out. Duplicates are dropped.
 
     Raises:
-        FileNotFoundError: a spec matches nothing, or everything it matches lies inside
-            ``exclude``.
+        FileNotFoundError: a spec matches nothing (a folder holds no image file), or
+            everything the specs match lies inside ``exclude``.
     """
     found: list[InputImage] = []
     seen: set[Path] = set()
@@ -47,9 +47,16 @@ def collect_inputs(specs: list[str], exclude: Path | None = None) -> list[InputI
     for spec in specs:
         p = Path(spec)
         if p.is_dir():
-            for f in sorted(p.rglob("*")):
-                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS:
-                    add(f, p)
+            images = [
+                f
+                for f in sorted(p.rglob("*"))
+                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+            ]
+            if not images:
+                kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
+                raise FileNotFoundError(f"no images found in {spec} (looked for {kinds})")
+            for f in images:
+                add(f, p)
         elif p.is_file():
             add(p, p.parent, explicit=True)
         elif glob.has_magic(spec):
