@@ -21,13 +21,16 @@ class Status(StrEnum):
 
     ``unchanged``: plain anonymization kept the decision; ``corrected``: the correction
     restored it; ``no_regions``: the region source found nothing to anonymize (the file is
-    re-encoded and checked, nothing is hidden); ``failed``: the criterion was not met;
-    ``error``: the image could not be read or processed.
+    re-encoded and checked, nothing is hidden); ``weak``: the decision is kept but a region
+    of the written file is not measurably anonymized (too similar to the original, see
+    ``strength_final``); ``failed``: the criterion was not met, or meeting it would undo
+    the anonymization; ``error``: the image could not be read or processed.
     """
 
     UNCHANGED = "unchanged"
     CORRECTED = "corrected"
     NO_REGIONS = "no_regions"
+    WEAK = "weak"
     FAILED = "failed"
     ERROR = "error"
 
@@ -44,7 +47,11 @@ class ImageRecord:
     Classes are the classifier's integer indices; ``regions`` are half-open
     ``[x0, y0, x1, y1]`` boxes in input pixels. ``psnr_plain``/``psnr_final`` are the PSNR
     in dB between the original and the plainly anonymized / written pixels inside the
-    regions (None without regions or when equal). ``settings`` describes the run.
+    regions (None without regions or when equal). ``strength_plain``/``strength_final``
+    hold one ``{"psnr", "ssim", "detail"}`` dict per region (same order as ``regions``)
+    comparing the original with the plainly anonymized / written pixels (``psnr`` None:
+    identical; ``detail`` None: the original region has no fine detail).
+    ``settings`` describes the run.
     """
 
     input: str
@@ -65,6 +72,8 @@ class ImageRecord:
     final_margin: float | None = None
     psnr_plain: float | None = None
     psnr_final: float | None = None
+    strength_plain: list[dict[str, float | None]] = field(default_factory=list)
+    strength_final: list[dict[str, float | None]] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -24,6 +24,7 @@ from adaptanon.method import (
     Filter,
     GradientSolver,
     Settings,
+    StrengthLimits,
     parse_criterion,
     parse_filter,
 )
@@ -159,6 +160,22 @@ def method_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="Optional L-inf bound on the correction around the anonymized pixels.",
         ),
         click.option(
+            "--max-region-ssim",
+            type=Number(min=0, max=1),
+            default=StrengthLimits().max_ssim,
+            show_default=True,
+            help="Privacy floor: an image whose written region has SSIM above this "
+            "against the original is `weak` (not done, under OUT/_failed/).",
+        ),
+        click.option(
+            "--max-region-detail",
+            type=Number(min=0),
+            default=StrengthLimits().max_detail,
+            show_default=True,
+            help="Privacy floor: an image whose written region keeps more than this share "
+            "of the original's fine (Laplacian) detail is `weak`.",
+        ),
+        click.option(
             "--format",
             "fmt",
             type=click.Choice([*FORMATS, *FORMAT_ALIASES], case_sensitive=False),
@@ -233,6 +250,7 @@ def build_settings(
         criterion=criterion,
         solver=solver,
         codec=Codec(kw["fmt"], kw["quality"], kw["png_compression"]),
+        strength=StrengthLimits(kw["max_region_ssim"], kw["max_region_detail"]),
     )
 
 

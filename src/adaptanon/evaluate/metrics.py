@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -77,6 +78,49 @@ def timing(rows: Iterable[ImageRow]) -> tuple[float | None, float | None]:
     return total / len(valid), (len(valid) / total if total > 0 else None)
 
 
+STRENGTH_STAGES = {"plain": "strength_plain", "corrected": "strength_final"}
+"""Summary prefix -> the record field holding that stage's per-region strengths."""
+
+
+def region_values(rows: Iterable[ImageRow], field: str, key: str) -> list[float]:
+    """Every region's ``key`` (``psnr``, ``ssim`` or ``detail``) from the per-region
+    strength lists in ``field`` (``strength_plain`` or ``strength_final``); None values
+    (an identical region's PSNR, a region without detail) are left out."""
+    out = []
+    for r in rows:
+        for strength in getattr(r, field) or []:
+            value = strength.get(key)
+            if value is not None and math.isfinite(value):
+                out.append(float(value))
+    return out
+
+
+def strength_summary(rows: Sequence[ImageRow]) -> dict[str, Any]:
+    """The distribution of per-region anonymization strength over ``rows``.
+
+    For ``plain`` (after plain anonymization) and ``corrected`` (the written files):
+    ``region_{ssim,psnr}_{stage}_{min,median,max}`` and ``region_detail_{stage}_max`` (the
+    worst region is the one with the highest SSIM, PSNR or detail), the number of
+    ``measured_regions`` and of ``identical_regions`` (written region equal to the
+    original, PSNR infinite).
+    """
+    out: dict[str, Any] = {
+        "measured_regions": sum(len(r.strength_final or []) for r in rows),
+        "identical_regions": sum(
+            1 for r in rows for st in (r.strength_final or []) if st.get("psnr") is None
+        ),
+    }
+    for stage, field in STRENGTH_STAGES.items():
+        for key in ("ssim", "psnr"):
+            values = region_values(rows, field, key)
+            out[f"region_{key}_{stage}_min"] = min(values) if values else None
+            out[f"region_{key}_{stage}_median"] = statistics.median(values) if values else None
+            out[f"region_{key}_{stage}_max"] = max(values) if values else None
+        details = region_values(rows, field, "detail")
+        out[f"region_detail_{stage}_max"] = max(details) if details else None
+    return out
+
+
 def summarize(
     config: Config, rows: Sequence[ImageRow], labels: Mapping[str, int] | None = None
 ) -> dict[str, Any]:
@@ -85,7 +129,9 @@ def summarize(
     Percentages are in percent. ``not_corrected_pct`` is relative to the images that
     changed class after anonymization (the paper's "% images not corrected"); the
     ``vulnerable_*_pct`` are relative to all evaluated images. Images that could not be read
-    or processed are counted in ``errors`` and left out of everything else.
+    or processed are counted in ``errors`` and left out of everything else. ``weak``
+    counts images whose written region was not measurably anonymized; the ``region_*``
+    keys are :func:`strength_summary`.
     """
     labels = labels or {}
     valid = valid_rows(rows)
@@ -109,6 +155,7 @@ def summarize(
         "unchanged": status[Status.UNCHANGED],
         "corrected": status[Status.CORRECTED],
         "failed": status[Status.FAILED],
+        "weak": status[Status.WEAK],
         "changed_after_anonymization": changed,
         "not_corrected": not_corrected,
         "not_corrected_pct": percent(not_corrected, changed),
@@ -122,6 +169,7 @@ def summarize(
         "accuracy_corrected": accuracy(valid, labels, "final_class"),
         "psnr_plain_db": mean_finite(r.psnr_plain for r in valid),
         "psnr_corrected_db": mean_finite(r.psnr_final for r in valid),
+        **strength_summary(valid),
         "seconds_per_image": seconds,
         "images_per_second": rate,
         "key": config.key,

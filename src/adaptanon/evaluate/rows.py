@@ -15,7 +15,7 @@ import numpy as np
 from adaptanon.method import Settings
 from adaptanon.records import ImageRecord
 
-CACHE_SCHEMA = 2
+CACHE_SCHEMA = 3
 """Bump when the meaning of cached rows changes, so that old caches are not reused."""
 
 

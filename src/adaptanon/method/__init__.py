@@ -9,6 +9,7 @@ from adaptanon.method.criteria import (
     parse_criterion,
 )
 from adaptanon.method.filters import FILTERS, Blur, Filter, Mask, Mosaic, anonymize, parse_filter
+from adaptanon.method.metrics import RegionStrength, StrengthLimits, region_strength
 from adaptanon.method.pipeline import Outcome, OutcomeImages, Settings, process_batch
 from adaptanon.method.solvers import GradientSolver, Solver, SolverResult, correct
 
@@ -24,13 +25,16 @@ __all__ = [
     "Outcome",
     "OutcomeImages",
     "ProbabilityDistance",
+    "RegionStrength",
     "SameClass",
     "Settings",
     "Solver",
     "SolverResult",
+    "StrengthLimits",
     "anonymize",
     "correct",
     "parse_criterion",
     "parse_filter",
     "process_batch",
+    "region_strength",
 ]

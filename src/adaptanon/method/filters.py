@@ -5,6 +5,15 @@ floats in ``[0, 1]``) and as a small filter object that knows how much image con
 needs and how to scale itself to the input's resolution. Parameters are given at the
 classifier's view (e.g. the paper's 9x9 blur with sigma 10 at 224x224); ``scale`` is the
 number of input pixels per view pixel (see :class:`~adaptanon.preprocessing.ViewGeometry`).
+
+**Privacy floor.** Scaling may make a filter stronger for large photos, never weaker than
+a minimum that still anonymizes at the input's own resolution: whatever the parameters
+and the scale, a blur has a kernel of at least :data:`BLUR_MIN_KERNEL` and a sigma of at
+least :data:`BLUR_MIN_SIGMA` input pixels, a mosaic has cells of at least
+:data:`MOSAIC_MIN_BLOCK` input pixels laid out so that no cell is narrower (a side too
+short for two cells becomes one cell), and a mask always fills the whole region. No
+parameter the command line accepts is an identity; whether a region really is
+anonymized is then measured on the written file (:mod:`adaptanon.method.metrics`).
 """
 
 from __future__ import annotations
@@ -81,6 +90,43 @@ def solid(image: Tensor, value: float | tuple[float, float, float]) -> Tensor:
     return torch.zeros_like(image) + v
 
 
+BLUR_MIN_KERNEL = 5
+"""Smallest blur kernel, in input pixels: a 5x5 window mixes every pixel with its 24
+neighbours (a 3x3 one keeps most of a region's fine detail, see docs/results.md)."""
+
+BLUR_MIN_SIGMA = 2.0
+"""Smallest blur sigma, in input pixels: with sigma 2 the 5x5 kernel is nearly flat (edge
+taps 0.61 of the centre), so a too-small ``--blur-sigma`` cannot turn the blur into an
+identity (sigma 0.3 leaves the centre tap at 0.99)."""
+
+MOSAIC_MIN_BLOCK = 2
+"""Smallest mosaic cell, in input pixels (a 1-pixel cell is the identity)."""
+
+
+def mosaic_cells(length: int, block: int) -> Tensor:
+    """Cell index of each of ``length`` pixels: ``max(1, length // block)`` cells of
+    nearly equal size (``block`` to ``2 * block - 1`` pixels, or one cell for the whole
+    length), so that no remainder cell is narrower than ``block``. Shape ``(length,)``."""
+    n = max(1, length // max(1, block))
+    return torch.div(torch.arange(length) * n, length, rounding_mode="floor")
+
+
+def pixelate_fitted(image: Tensor, block: int) -> Tensor:
+    """Mosaic fitted to the image: cells from :func:`mosaic_cells` on each axis, each set to
+    its mean. ``image``: ``(C, H, W)`` or ``(B, C, H, W)``; returns the same shape."""
+    if block < 1:
+        raise ValueError(f"mosaic block must be >= 1, got {block}")
+    h, w = image.shape[-2:]
+    rows, cols = mosaic_cells(h, block).to(image.device), mosaic_cells(w, block).to(image.device)
+    ny, nx = int(rows[-1]) + 1, int(cols[-1]) + 1
+    ay = F.one_hot(rows, ny).to(image.dtype)  # (H, ny)
+    ax = F.one_hot(cols, nx).to(image.dtype)  # (W, nx)
+    ay = ay / ay.sum(0, keepdim=True)
+    ax = ax / ax.sum(0, keepdim=True)
+    means = ay.T @ image @ ax  # (..., ny, nx)
+    return means[..., rows, :][..., cols]
+
+
 def _odd(x: float) -> int:
     return max(1, 2 * int(round((x - 1) / 2)) + 1)
 
@@ -109,6 +155,9 @@ class Blur(Filter):
 
     With ``scale_to_input`` (default) the kernel and sigma grow with the input's
     resolution so a large photograph is blurred as strongly as the classifier's view.
+    Either way they never go below :data:`BLUR_MIN_KERNEL` and :data:`BLUR_MIN_SIGMA`
+    input pixels (the privacy floor): an input smaller than the model's view (scale < 1)
+    or ``--blur-kernel 1`` still gets a 5x5, sigma-2 blur rather than an identity.
     """
 
     kernel: int = 9
@@ -118,7 +167,7 @@ class Blur(Filter):
 
     def _params(self, scale: float) -> tuple[int, float]:
         s = scale if self.scale_to_input else 1.0
-        return _odd(self.kernel * s), self.sigma * s
+        return max(_odd(self.kernel * s), BLUR_MIN_KERNEL), max(self.sigma * s, BLUR_MIN_SIGMA)
 
     def context(self, scale: float) -> int:
         return self._params(scale)[0] // 2
@@ -147,15 +196,25 @@ class Mask(Filter):
 
 @dataclass
 class Mosaic(Filter):
-    """Pixelation with ``block``-pixel cells at the classifier's view, aligned to the box."""
+    """Pixelation with ``block``-pixel cells at the classifier's view, aligned to the box.
+
+    The cell size is scaled like :class:`Blur`'s kernel and never below
+    :data:`MOSAIC_MIN_BLOCK` input pixels; the cells are fitted to the box
+    (:func:`pixelate_fitted`), so none is narrower than that: a box side shorter than two
+    cells is one cell (a 3-pixel box becomes its mean).
+    """
 
     block: int = 8
     scale_to_input: bool = True
     name: str = "mosaic"
 
-    def patch(self, window: Tensor, scale: float) -> Tensor:
+    def cell(self, scale: float) -> int:
+        """The cell size in input pixels at ``scale``."""
         s = scale if self.scale_to_input else 1.0
-        return pixelate(window, max(1, int(round(self.block * s))))
+        return max(int(round(self.block * s)), MOSAIC_MIN_BLOCK)
+
+    def patch(self, window: Tensor, scale: float) -> Tensor:
+        return pixelate_fitted(window, self.cell(scale))
 
     def describe(self) -> str:
         return f"mosaic(block={self.block},scaled={self.scale_to_input})"
@@ -203,6 +262,9 @@ def anonymize(
 
 
 __all__ = [
+    "BLUR_MIN_KERNEL",
+    "BLUR_MIN_SIGMA",
+    "MOSAIC_MIN_BLOCK",
     "Blur",
     "Filter",
     "Mask",
@@ -212,6 +274,8 @@ __all__ = [
     "gaussian_kernel1d",
     "FILTERS",
     "parse_filter",
+    "mosaic_cells",
     "pixelate",
+    "pixelate_fitted",
     "solid",
 ]

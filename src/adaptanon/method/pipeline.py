@@ -20,7 +20,7 @@ from adaptanon.classifiers import Classifier
 from adaptanon.io.codecs import Codec, to_pixels
 from adaptanon.method.criteria import Criterion, SameClass, logit_margin
 from adaptanon.method.filters import Blur, Filter, anonymize
-from adaptanon.method.metrics import region_psnr
+from adaptanon.method.metrics import StrengthLimits, image_strength, region_psnr
 from adaptanon.method.solvers import GradientSolver, Solver
 from adaptanon.records import ImageRecord, Status
 from adaptanon.regions import RegionQuery, Regions, RegionSource
@@ -35,6 +35,7 @@ class Settings:
     criterion: Criterion = field(default_factory=SameClass)
     solver: Solver = field(default_factory=GradientSolver)
     codec: Codec = field(default_factory=Codec)
+    strength: StrengthLimits = field(default_factory=StrengthLimits)
 
     def __post_init__(self) -> None:
         if self.shape not in ("rect", "ellipse"):
@@ -49,6 +50,7 @@ class Settings:
             **self.solver.describe(),
             "format": self.codec.format,
             "quality": None if self.codec.lossless else self.codec.quality,
+            **self.strength.describe(),
         }
 
 
@@ -141,6 +143,12 @@ def process_batch(
     A per-image problem (e.g. an invalid box) gives that image status ``error`` and the
     rest of the batch goes on. An image without regions is re-encoded and checked like the
     others, and gets status ``no_regions``.
+
+    Every region of the stored result is then compared with the original
+    (:func:`~adaptanon.method.metrics.region_strength`, after plain anonymization and on
+    the written pixels): an image whose correction brought a region back toward the
+    original by more than ``settings.strength``'s tolerances is ``failed``, one with a
+    region that is not measurably anonymized is ``weak``.
     """
     for i, img in enumerate(images):
         check_image(img, i)
@@ -211,14 +219,25 @@ def process_batch(
         rec.final_margin = float(margins[j])
         rec.psnr_plain = _finite(region_psnr(images[i], result.initial[j], masks[j]))
         rec.psnr_final = _finite(region_psnr(images[i], result.stored[j], masks[j]))
+        boxes = found[i].boxes
+        plain = image_strength(images[i], result.initial[j], boxes, settings.shape)
+        final = image_strength(images[i], result.stored[j], boxes, settings.shape)
+        rec.strength_plain = [s.to_dict() for s in plain]
+        rec.strength_final = [s.to_dict() for s in final]
         out.data, problem = encode_verified(settings.codec, result.images[j], result.stored[j])
+        undone = settings.strength.undone(boxes, plain, final)
+        weak = settings.strength.weak(boxes, final)
         if problem:
             rec.status, rec.error = Status.FAILED, problem
         elif not bool(result.success[j]):
             rec.status = Status.FAILED
             rec.error = f"criterion {settings.criterion.describe()} not met after {rec.steps} steps"
+        elif undone:
+            rec.status, rec.error = Status.FAILED, undone
         elif not rec.regions:
             rec.status = Status.NO_REGIONS
+        elif weak:
+            rec.status, rec.error = Status.WEAK, weak
         else:
             rec.status = Status.UNCHANGED if rec.steps == 0 else Status.CORRECTED
         if keep_images:
