@@ -220,8 +220,9 @@ def test_default_filters_pass_the_default_floor_with_margin(filt, demo_photos):
                 box = (x0, y0, x0 + side, y0 + side)
                 out, _ = anonymize(img, [box], filt, scale)
                 s = region_strength(img, Codec("png").roundtrip(out), box)
-                assert s.ssim < limits.max_ssim - 0.01, (path.name, short, side, s)
-                assert s.detail is None or s.detail < limits.max_detail - 0.3, (path.name, short, side, s)
+                where = (path.name, short, side, s)
+                assert s.ssim < limits.max_ssim - 0.01, where
+                assert s.detail is None or s.detail < limits.max_detail - 0.3, where
 
 
 # --------------------------------------------------------------------------- pipeline
