@@ -1,6 +1,7 @@
 """Classifiers: the :class:`Classifier` protocol the method needs, the torch
-implementation (:class:`TorchClassifier`), the built-in EfficientNet-Lite models and
-:func:`load_classifier` for ``--model``."""
+implementation (:class:`TorchClassifier`), the built-in EfficientNet-Lite and MobileNetV2
+models, model files (ONNX, ``.pt2``, TorchScript) and :func:`load_classifier` for
+``--model``."""
 
 from adaptanon.classifiers.base import Classifier, TorchClassifier
 from adaptanon.classifiers.efficientnet_lite import (
@@ -8,14 +9,22 @@ from adaptanon.classifiers.efficientnet_lite import (
     efficientnet_lite,
     imagenet_class_names,
 )
-from adaptanon.classifiers.registry import BUILTIN_MODELS, load_classifier
+from adaptanon.classifiers.formats import load_exported, load_onnx, read_class_names
+from adaptanon.classifiers.mobilenet_v2 import MobileNetV2, mobilenet_v2
+from adaptanon.classifiers.registry import BUILTIN_MODELS, load_classifier, set_class_names
 
 __all__ = [
     "BUILTIN_MODELS",
     "DEFAULT_MODEL",
     "Classifier",
+    "MobileNetV2",
     "TorchClassifier",
     "efficientnet_lite",
     "imagenet_class_names",
     "load_classifier",
+    "load_exported",
+    "load_onnx",
+    "mobilenet_v2",
+    "read_class_names",
+    "set_class_names",
 ]

@@ -30,8 +30,13 @@ def load_torchscript(path: Path, preprocess: Preprocess | None = None) -> TorchC
 
 
 def load_factory(spec: str, preprocess: Preprocess | None = None) -> Classifier:
-    """``package.module:function``, a factory returning a classifier or an ``nn.Module``."""
+    """``package.module:function``, a factory returning a classifier or an ``nn.Module``.
+
+    Importing the module and calling the factory run its code: use only factories from a
+    trusted source.
+    """
     module_name, _, attr = spec.partition(":")
+    importlib.invalidate_caches()  # a module file created since the last import is found
     try:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:

@@ -14,9 +14,11 @@ from adaptanon.cli.options import (
     build_settings,
     err,
     load_model,
+    load_verifier,
     method_options,
     progress_bar,
     regions_and_inputs,
+    verify_option,
 )
 from adaptanon.engines import FAILED_DIR, Summary, default_batch_size, run
 from adaptanon.engines.local import OutputRefused, RunStopped
@@ -73,6 +75,7 @@ def anonymize_paths(
     settings = build_settings(kw)
     source, items = regions_and_inputs(inputs, out, kw)
     classifier = load_model(kw["model"], kw["device"])
+    verify = load_verifier(kw.get("verify_with"))
     warn_unmatched(source, items)
     with progress_bar(quiet) as progress:
         task = progress.add_task("anonymizing", total=len(items))
@@ -85,8 +88,9 @@ def anonymize_paths(
         batch = kw["batch_size"] or default_batch_size(classifier.device)
         try:
             summary = run(
-                items, out, classifier, source, settings, batch, advance, overwrite=overwrite
-            )
+                items, out, classifier, source, settings, batch, advance, overwrite=overwrite,
+                verify=verify,
+            )  # fmt: skip
         except OutputRefused as exc:
             raise click.UsageError(str(exc)) from exc
         except RunStopped as exc:
@@ -125,6 +129,7 @@ def anonymize_paths(
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @method_options
+@verify_option
 def anonymize(inputs: tuple[str, ...], out: Path, overwrite: bool, quiet: bool, **kw: Any) -> None:
     """Anonymize INPUT files, folders (recursively) or globs into OUT.
 

@@ -13,4 +13,7 @@ def models() -> None:
     for name, text in BUILTIN_MODELS.items():
         mark = " (default)" if name == DEFAULT_MODEL else ""
         click.echo(f"{name}{mark}\t{text}")
-    click.echo("Also: a TorchScript file, or module:function returning a Classifier or nn.Module.")
+    click.echo(
+        "Also: an ONNX file (.onnx), a torch.export program (.pt2), a TorchScript file, or "
+        "module:function returning a Classifier or nn.Module."
+    )

@@ -19,6 +19,7 @@ from adaptanon.classifiers import DEFAULT_MODEL, Classifier, load_classifier
 from adaptanon.engines import resolve_device
 from adaptanon.io import FORMATS, Codec, InputImage, collect_inputs
 from adaptanon.io.codecs import FORMAT_ALIASES
+from adaptanon.io.images import DEFAULT_MAX_PIXELS, pixel_limit
 from adaptanon.method import (
     FILTERS,
     Filter,
@@ -67,6 +68,30 @@ class Number(click.ParamType):
         return number
 
 
+def _check_criterion(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Validate ``--criterion`` while parsing, so a bad value stops before any work."""
+    try:
+        parse_criterion(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from exc
+    return value
+
+
+def _check_device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Validate ``--device`` while parsing (``meta``, unknown names and CUDA without a
+    GPU are usage errors before any work); the name is resolved again where used."""
+    try:
+        resolve_device(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from exc
+    return value
+
+
+def _apply_pixel_limit(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    """Make ``--max-pixels`` the readers' limit until the command finishes."""
+    ctx.with_resource(pixel_limit(value))
+
+
 def method_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The options shared by every command that runs the method."""
     options = [
@@ -74,7 +99,10 @@ def method_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "--model",
             default=DEFAULT_MODEL,
             show_default=True,
-            help="Built-in name (see `adaptanon models`), TorchScript file, or module:function.",
+            help="Built-in name (see `adaptanon models`), TorchScript file, or module:function. "
+            "A TorchScript file or a module:function factory is code that runs with your "
+            "rights: use only ones from a trusted source (built-in models load weights-only "
+            "state dicts).",
         ),
         click.option(
             "--regions",
@@ -150,6 +178,7 @@ def method_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "--criterion",
             default="class",
             show_default=True,
+            callback=_check_criterion,
             help="class (same top-1, margin 0.01), margin:M (same top-1 by at least M "
             "logits), or prob:EPS (same class and L2 probability distance < EPS).",
         ),
@@ -198,7 +227,21 @@ def method_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="PNG zlib level: 9 for the smallest files, 1 for speed.",
         ),
         click.option(
-            "--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ..."
+            "--device",
+            default="auto",
+            show_default=True,
+            callback=_check_device,
+            help="auto, cpu, cuda, cuda:1, ...",
+        ),
+        click.option(
+            "--max-pixels",
+            type=click.IntRange(min=1),
+            default=DEFAULT_MAX_PIXELS,
+            show_default=True,
+            expose_value=False,
+            callback=_apply_pixel_limit,
+            help="Largest input image, width x height, checked from the file's header "
+            "before decoding; a larger image is an error for that image only.",
         ),
         click.option(
             "--batch-size",

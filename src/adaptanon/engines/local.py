@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from adaptanon.classifiers import Classifier
+from adaptanon.engines.verify import Verify
 from adaptanon.io.atomic import FolderLock, atomic_write, is_fatal_write_error
 from adaptanon.io.codecs import to_image
 from adaptanon.io.images import InputImage, read_image
@@ -289,8 +290,13 @@ def run(
     on_record: Callable[[ImageRecord], None] | None = None,
     *,
     overwrite: bool = False,
+    verify: Verify | None = None,
 ) -> Summary:
     """Anonymize ``inputs`` into ``out_dir``, writing ``out_dir/manifest.jsonl``.
+
+    ``verify`` (e.g. :class:`~adaptanon.engines.verify.FileCheck`, ``--verify-with``) is
+    called with each done image's record and encoded bytes before they are written; an
+    image it marks failed goes under ``OUT/_failed/``.
 
     Reading runs in a background thread while the classifier works on the previous batch.
     One run at a time may write into ``out_dir`` (``out_dir/.adaptanon.lock``). Existing
@@ -322,7 +328,7 @@ def run(
     try:
         return _run_locked(
             inputs, OutputFolder(out_dir, overwrite), classifier, source, settings, batch_size,
-            on_record,
+            on_record, verify,
         )  # fmt: skip
     finally:
         lock.release()
@@ -336,6 +342,7 @@ def _run_locked(
     settings: Settings,
     batch_size: int,
     on_record: Callable[[ImageRecord], None] | None,
+    verify: Verify | None = None,
 ) -> Summary:
     out_dir = folder.out_dir
     input_paths = {item.path.resolve() for item in inputs}
@@ -352,6 +359,8 @@ def _run_locked(
         rec.input = str(item.path)
         rec.settings = described
         if out.data is not None and rec.status != Status.ERROR:
+            if verify is not None and rec.status.ok:
+                verify(rec, out.data, settings.codec.extension)
             failed = not rec.status.ok
             target = output_path(out_dir, item, settings.codec.extension, failed)
             refusal = folder.refusal(target, input_paths)
