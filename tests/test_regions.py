@@ -156,7 +156,7 @@ def test_parse_region_source(tmp_path):
     path = tmp_path / "b.json"
     path.write_text('{"a.png": []}')
     assert isinstance(parse_region_source(f"boxes={path}"), ExplicitBoxes)
-    for bad in ("faces", "boxes", "saliency:abc", "saliency:0", ""):
+    for bad in ("face", "boxes", "saliency:abc", "saliency:0", "", "faces+faces"):
         with pytest.raises(ValueError):
             parse_region_source(bad)
 

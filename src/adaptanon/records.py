@@ -45,7 +45,10 @@ class ImageRecord:
     """One image's result, as written to ``manifest.jsonl`` (one JSON object per line).
 
     Classes are the classifier's integer indices; ``regions`` are half-open
-    ``[x0, y0, x1, y1]`` boxes in input pixels. ``psnr_plain``/``psnr_final`` are the PSNR
+    ``[x0, y0, x1, y1]`` boxes in input pixels; ``detections`` says where each came from,
+    one ``{"box", "label", "score"}`` per region in the same order (label ``face``,
+    ``plate``, ``box``, ``saliency`` or a category of an external file; score the
+    detector's confidence, 1 for given boxes). ``psnr_plain``/``psnr_final`` are the PSNR
     in dB between the original and the plainly anonymized / written pixels inside the
     regions (None without regions or when equal). ``strength_plain``/``strength_final``
     hold one ``{"psnr", "ssim", "detail"}`` dict per region (same order as ``regions``)
@@ -58,6 +61,7 @@ class ImageRecord:
     status: Status = Status.ERROR
     output: str | None = None
     regions: list[list[int]] = field(default_factory=list)
+    detections: list[dict[str, Any]] = field(default_factory=list)
     steps: int = 0
     original_class: int | None = None
     anonymized_class: int | None = None

