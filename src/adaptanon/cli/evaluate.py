@@ -149,7 +149,7 @@ def evaluate_paths(
             progress.advance(current)
             progress.advance(overall)
             if row.status == Status.ERROR:
-                progress.console.print(f"[red]error[/red] {row.name}: {row.message}")
+                progress.console.print(f"[red]error[/red] {row.name}: {row.error}")
 
         try:
             rows = evaluate(

@@ -23,6 +23,11 @@ from torch import Tensor, nn
 _PRECISION_BITS = 22  # Pillow's fixed-point precision for 8-bit images (Resample.c)
 _MAX_DENSE_ENTRIES = 1 << 22  # largest dense resampling matrix (float64: 32 MiB)
 
+MAX_RESIZED_PIXELS = 100_000_000
+"""Largest image :meth:`Preprocess.geometry` resizes to before cropping. Only the crop is
+computed, but Pillow's resize order is found by resizing a random image of the full size
+once (:func:`pil_vertical_first`), about 4 bytes per resized pixel."""
+
 
 @lru_cache(maxsize=256)
 def _pil_bilinear_taps(in_size: int, out_size: int) -> tuple[Tensor, Tensor]:
@@ -127,6 +132,15 @@ def _resize_8bit(x: Tensor, plan_v: tuple, plan_h: tuple, vertical_first: bool) 
     return _resample_axis(_resample_axis(x, plan_h, dim=2), plan_v, dim=1)
 
 
+_PROBE_WINDOW = 512
+
+
+def _central(size: int, window: int) -> slice:
+    """The central ``window`` indices of ``range(size)`` (all of them when fewer)."""
+    start = max(0, (size - window) // 2)
+    return slice(start, min(size, start + window))
+
+
 @lru_cache(maxsize=4096)
 def pil_vertical_first(in_h: int, in_w: int, out_h: int, out_w: int) -> bool:
     """Whether the installed Pillow resamples rows before columns for this resize.
@@ -134,19 +148,23 @@ def pil_vertical_first(in_h: int, in_w: int, out_h: int, out_w: int) -> bool:
     Pillow ran the horizontal pass first until version 13, which runs the vertical pass
     first when the height shrinks much more than the width (python-pillow/Pillow#9549).
     Rather than copy a rule that may change again, ask Pillow: resize a random image of
-    this size once and see which order reproduces it.
+    this size once and see which order reproduces it. Only a central window of at most
+    :data:`_PROBE_WINDOW` pixels square is emulated and compared (the orders differ by their
+    intermediate rounding, which random pixels show everywhere), so that the probe's cost
+    stays that of Pillow's own 8-bit resize even for an extreme upscale.
     """
     if in_h == out_h or in_w == out_w:
         return False  # one pass only: the order does not matter
     if in_h - out_h <= in_w - out_w:
         return False  # the height shrinks no more than the width: every Pillow goes across first
     pixels = np.random.default_rng(in_h * 7919 + in_w).integers(0, 256, (in_h, in_w, 3), np.uint8)
-    expected = torch.from_numpy(
-        np.array(Image.fromarray(pixels).resize((out_w, out_h), Image.Resampling.BILINEAR))
-    ).permute(2, 0, 1)
-    x = torch.from_numpy(pixels).permute(2, 0, 1).to(torch.float64)
-    plan_h = _axis_plan(in_w, out_w, 0, out_w, x.device)
-    plan_v = _axis_plan(in_h, out_h, 0, out_h, x.device)
+    resized = np.asarray(Image.fromarray(pixels).resize((out_w, out_h), Image.Resampling.BILINEAR))
+    rows, cols = _central(out_h, _PROBE_WINDOW), _central(out_w, _PROBE_WINDOW)
+    expected = torch.from_numpy(resized[rows, cols].copy()).permute(2, 0, 1)
+    plan_h = _axis_plan(in_w, out_w, cols.start, cols.stop, torch.device("cpu"))
+    plan_v = _axis_plan(in_h, out_h, rows.start, rows.stop, torch.device("cpu"))
+    window = pixels[plan_v[0] : plan_v[1], plan_h[0] : plan_h[1]]
+    x = torch.from_numpy(window).permute(2, 0, 1).to(torch.float64)
     mismatches = [
         int((_resize_8bit(x, plan_v, plan_h, order) != expected).sum()) for order in (False, True)
     ]
@@ -226,11 +244,23 @@ class Preprocess:
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
     def geometry(self, height: int, width: int) -> ViewGeometry:
-        """The view geometry for an input of ``height x width`` pixels."""
+        """The view geometry for an input of ``height x width`` pixels.
+
+        Raises:
+            ValueError: the input is so elongated that the resized image (shorter side
+                ``resize``) would exceed :data:`MAX_RESIZED_PIXELS`: a 10 x 10000 image
+                resizes to 256 x 256000.
+        """
         if width <= height:
             new_w, new_h = self.resize, int(self.resize * height / width)
         else:
             new_h, new_w = self.resize, int(self.resize * width / height)
+        if new_h * new_w > MAX_RESIZED_PIXELS:
+            raise ValueError(
+                f"aspect ratio {max(height, width) / min(height, width):.0f}:1 is too extreme: "
+                f"the model's view resizes the {width}x{height} image to {new_w}x{new_h} = "
+                f"{new_h * new_w:,} pixels, over the limit of {MAX_RESIZED_PIXELS:,}"
+            )
         if new_h < self.crop or new_w < self.crop:
             raise ValueError(f"resize {self.resize} is smaller than crop {self.crop}")
         top = int(round((new_h - self.crop) / 2.0))
