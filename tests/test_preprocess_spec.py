@@ -354,3 +354,59 @@ def test_crop_larger_than_the_resized_image_is_refused():
     pre = parse_preprocess('{"resize": [100, 100], "crop": 120}')
     with pytest.raises(ValueError, match="smaller than the crop"):
         pre(torch.rand(3, 50, 50))
+
+
+# --- command line ---------------------------------------------------------------------------
+
+
+def run_cli(*args):
+    from click.testing import CliRunner
+
+    from adaptanon.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture
+def one_photo(tmp_path):
+    path = tmp_path / "in" / "cat.png"
+    path.parent.mkdir()
+    Image.fromarray(photo("chelsea")[::4, ::4].copy()).save(path)  # 75 x 113
+    return path
+
+
+def test_cli_preprocess_applies_to_a_bare_module_factory(one_photo, tmp_path):
+    spec = tmp_path / "loader.json"
+    spec.write_text(json.dumps({"preset": "opencv-squash", "resize": [32, 32]}))
+    out = tmp_path / "out"
+    args = ["anonymize", one_photo.parent, "-o", out, "--model", "tiny_factory:tiny_net"]
+    result = run_cli(*args, "--preprocess", spec, "--device", "cpu", "-q", "--max-steps", "2")
+    assert result.exit_code in (0, 1), result.output
+    assert (out / "manifest.jsonl").is_file()
+
+
+@pytest.mark.parametrize(
+    "model,spec,message",
+    [
+        ("efficientnet_lite0", "opencv-squash", "has its own preprocessing"),
+        ("tiny_factory:make", "opencv-squash", "its own preprocessing"),
+        ("tiny_factory:tiny_net", '{"backend": "opencv", "interpolation": "cubic"}', "IPP"),
+    ],
+)
+def test_cli_preprocess_usage_errors(one_photo, tmp_path, model, spec, message):
+    out = tmp_path / "out"
+    result = run_cli(
+        "anonymize",
+        one_photo.parent,
+        "-o",
+        out,
+        "--model",
+        model,
+        "--preprocess",
+        spec,
+        "--device",
+        "cpu",
+        "-q",
+    )
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())

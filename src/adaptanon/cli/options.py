@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from adaptanon.classifiers import DEFAULT_MODEL, Classifier, load_classifier
+from adaptanon.classifiers.registry import BUILTIN_MODELS
 from adaptanon.engines import resolve_device
 from adaptanon.io import FORMATS, Codec, InputImage, collect_inputs
 from adaptanon.io.codecs import FORMAT_ALIASES
@@ -29,6 +30,7 @@ from adaptanon.method import (
     parse_criterion,
     parse_filter,
 )
+from adaptanon.preprocessing import SpecPreprocess, parse_preprocess
 from adaptanon.regions import DetectorOptions, RegionSource, parse_region_source
 from adaptanon.regions.detectors import DEFAULT_BOX_SCALE, DEFAULT_FACE_THRESHOLD
 
@@ -104,6 +106,16 @@ def method_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "A TorchScript file or a module:function factory is code that runs with your "
             "rights: use only ones from a trusted source (built-in models load weights-only "
             "state dicts).",
+        ),
+        click.option(
+            "--preprocess",
+            default=None,
+            metavar="SPEC",
+            callback=_check_preprocess,
+            help="Your loader, for a model file or a module:function returning an nn.Module: "
+            "a preset (torchvision-pil [the default], torchvision-pil-bicubic, "
+            "torchvision-tensor, opencv-squash, opencv-area-squash, caffe-opencv, "
+            "yolo-letterbox), a JSON file, or inline JSON (see README, 'Your loader').",
         ),
         click.option(
             "--regions",
@@ -342,16 +354,57 @@ def device_option(name: str) -> torch.device:
         raise click.BadParameter(str(exc), param_hint="--device") from exc
 
 
+def _check_preprocess(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--preprocess``: a usage error at parse time for a spec that does not parse."""
+    if value is not None:
+        try:
+            parse_preprocess(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), ctx, param) from exc
+    return value
+
+
+def preprocess_option(model: str) -> SpecPreprocess | None:
+    """The running command's ``--preprocess``, parsed, for ``model`` (None when not given).
+    A built-in model brings its own preprocessing: giving one is a usage error."""
+    ctx = click.get_current_context(silent=True)
+    text = ctx.params.get("preprocess") if ctx is not None else None
+    if text is None:
+        return None
+    if model in BUILTIN_MODELS:
+        raise click.BadParameter(
+            f"the built-in model {model} has its own preprocessing; --preprocess is for "
+            "model files and module:function factories that return an nn.Module",
+            param_hint="--preprocess",
+        )
+    try:
+        return parse_preprocess(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--preprocess") from exc
+
+
+def _uses_preprocess(classifier: Classifier, preprocess: SpecPreprocess | None) -> Classifier:
+    if preprocess is not None and getattr(classifier, "preprocess", None) is not preprocess:
+        raise click.BadParameter(
+            "the model's factory returned a classifier with its own preprocessing; "
+            "--preprocess applies to model files and factories that return an nn.Module",
+            param_hint="--preprocess",
+        )
+    return classifier
+
+
 def load_model(spec: str, device: str) -> Classifier:
     """The classifier on its device, with CLI-friendly errors (a factory that raises gives
     a usage error with its message)."""
     target = device_option(device)
     if "" not in sys.path and ":" in spec:
         sys.path.insert(0, "")  # a factory module in the current folder, as `python -m` finds it
+    preprocess = preprocess_option(spec)
     try:
-        return load_classifier(spec).to(target)
+        classifier = load_classifier(spec, preprocess=preprocess).to(target)
     except Exception as exc:  # noqa: BLE001 - any failure of user model code is a usage error
         raise click.BadParameter(f"{type(exc).__name__}: {exc}", param_hint="--model") from exc
+    return _uses_preprocess(classifier, preprocess)
 
 
 def detector_options(kw: dict[str, Any]) -> DetectorOptions:
