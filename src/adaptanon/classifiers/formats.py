@@ -166,13 +166,19 @@ def check_against_onnxruntime(
     """
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
     gen = torch.Generator().manual_seed(CHECK_SEED)
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        inputs = [torch.randn(*shape, generator=gen) for _ in range(2)]
+        runs = [(x, session.run(None, {name: x.numpy()})[0]) for x in inputs]
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own error types
+        raise ValueError(
+            f"onnxruntime cannot run {path.name}, so its conversion cannot be checked: {exc}"
+        ) from exc
     worst = 0.0
-    for _ in range(2):
-        x = torch.randn(*shape, generator=gen)
-        expected = torch.from_numpy(session.run(None, {name: x.numpy()})[0]).float()
+    for x, reference in runs:
+        expected = torch.from_numpy(reference).float()
         with torch.no_grad():
             got = module(x).float()
             if strip_softmax:
