@@ -315,3 +315,13 @@ def test_platedet_is_optional():
     assert all(d.label == "plate" for d in detect(source, as_tensor(image)))
     with pytest.raises(ValueError, match=r"\(0, 1\)"):
         parse_region_source("plates:platedet", DetectorOptions(plate_threshold=3))
+
+
+def test_demo_finds_faces_and_names_what_it_anonymized():
+    from adaptanon.cli.demo import demo_options, demo_regions, found_regions
+
+    assert demo_regions() == "faces+saliency"
+    assert demo_options("cpu", demo_regions())["regions"] == "faces+saliency"
+    rec = {"detections": [{"label": "face", "score": 0.931}, {"label": "saliency", "score": 1.0}]}
+    assert found_regions(rec) == "face 0.93, saliency"
+    assert found_regions({"detections": []}) == "-"
