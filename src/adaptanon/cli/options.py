@@ -426,7 +426,7 @@ def regions_and_inputs(
     """The region source and the input images, with usage errors for bad values."""
     try:
         source = parse_region_source(kw["regions"], detector_options(kw))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deeply
         raise click.BadParameter(str(exc), param_hint="--regions") from exc
     try:
         items = collect_inputs(inputs, exclude=out)
