@@ -388,3 +388,43 @@ def test_cli_extreme_filters_never_write_the_region_unchanged(tmp_path, astronau
     written = to_image(read_image(Path(rec["output"])))
     assert not torch.equal(written[:, 16:28, 31:43], astronaut_small[:, 16:28, 31:43])
     assert rec["strength_final"][0]["psnr"] is not None
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def test_evaluate_reports_the_strength_distribution_and_weak_images():
+    from adaptanon.evaluate import Config, ImageRow, summarize
+    from adaptanon.evaluate.report import markdown_report, results_csv
+
+    def row(name: str, status: str, plain: list[dict], final: list[dict]) -> ImageRow:
+        return ImageRow(
+            path=f"/d/{name}",
+            input=name,
+            status=status,
+            original_class=1,
+            anonymized_class=1,
+            final_class=1,
+            strength_plain=plain,
+            strength_final=final,
+        )
+
+    a = {"psnr": 20.0, "ssim": 0.5, "detail": 0.01}
+    b = {"psnr": 30.0, "ssim": 0.7, "detail": None}
+    c = {"psnr": None, "ssim": 1.0, "detail": 1.0}  # identical
+    rows = [
+        row("a.png", "unchanged", [a], [a]),
+        row("b.png", "corrected", [a, a], [a, b]),
+        row("c.png", "weak", [c], [c]),
+        ImageRow(path="/d/x.png", input="x.png", status="error"),
+    ]
+    s = summarize(Config("m", "blur", Settings()), rows)
+    assert s["weak"] == 1 and s["measured_regions"] == 4 and s["identical_regions"] == 1
+    assert s["region_ssim_corrected_max"] == 1.0 and s["region_ssim_plain_min"] == 0.5
+    assert s["region_ssim_corrected_median"] == pytest.approx(0.6)
+    assert s["region_psnr_corrected_max"] == 30.0 and s["region_psnr_plain_max"] == 20.0
+    assert s["region_detail_corrected_max"] == 1.0
+    md = markdown_report([s])
+    assert "Anonymization strength per region" in md and "0.500 / 0.600" in md
+    header = results_csv([s]).splitlines()[0].split(",")
+    assert {"weak", "region_ssim_corrected_max", "region_psnr_plain_median"} <= set(header)
