@@ -318,7 +318,7 @@ def test_jpeg_output_format(inputs, tmp_path):
 @pytest.mark.parametrize(
     "extra",
     [
-        ["--regions", "faces"],
+        ["--regions", "eyes"],
         ["--regions", "boxes=/nonexistent/boxes.json"],
         ["--criterion", "closest"],
         ["--model", "no_such_model"],

@@ -175,3 +175,16 @@ def test_saliency_box_maps_hot_square_to_input_pixels():
         find_boxes(SaliencyBox(8), "x.png", torch.zeros(3, 60, 80), None, sal)
     with pytest.raises(ValueError):
         find_boxes(SaliencyBox(8), "x.png", torch.zeros(3, 60, 80), g, None)
+
+
+@pytest.mark.parametrize("value", [10**400, -(10**400)])
+def test_integers_too_large_for_a_float_are_invalid_boxes(value):
+    with pytest.raises(ValueError, match="finite"):
+        validate_boxes([[0, 0, value, 5]], 10, 10)
+
+
+def test_deeply_nested_boxes_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="cannot read boxes file"):
+        load_boxes_file(path)

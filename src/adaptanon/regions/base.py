@@ -19,6 +19,13 @@ from adaptanon.preprocessing import ViewGeometry
 from adaptanon.records import Box
 
 
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 def validate_boxes(boxes: Sequence[Sequence[float]], height: int, width: int) -> list[Box]:
     """Check boxes and clip them to a ``height x width`` image.
 
@@ -36,7 +43,7 @@ def validate_boxes(boxes: Sequence[Sequence[float]], height: int, width: int) ->
             or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in raw)
         ):
             raise ValueError(f"a box must be [x0, y0, x1, y1], got {raw!r}")
-        if not all(math.isfinite(v) for v in raw):
+        if not all(_finite(v) for v in raw):
             raise ValueError(f"a box must hold finite numbers, got {list(raw)}")
         x0, y0, x1, y1 = (int(round(v)) for v in raw)
         if x1 <= x0 or y1 <= y0:

@@ -104,7 +104,7 @@ def load_boxes_file(path: str | Path) -> ExplicitBoxes:
 
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"), parse_constant=refuse)
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ValueError(f"cannot read boxes file {path}: {exc}") from exc
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise ValueError(f"boxes file {path} must map image names to lists of boxes")
