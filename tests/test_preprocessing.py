@@ -261,3 +261,10 @@ def test_update_outside_the_view_returns_the_base():
     image = make_image(40, 80, seed=1)  # the crop drops the left and right ends
     base = spec(image)
     assert spec.update(image, base, (0, 0, 3, 40)) is base
+
+
+def test_preprocess_leaves_a_float64_input_untouched():
+    img = torch.rand(3, 30, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    before = img.clone()
+    Preprocess(32, 24)(img)
+    assert torch.equal(img, before)

@@ -79,7 +79,8 @@ class _To8bit(torch.autograd.Function):
     @staticmethod
     def forward(ctx: object, image: Tensor) -> Tensor:
         ctx.dtype = image.dtype  # type: ignore[attr-defined]
-        return image.to(torch.float64).clamp_(0.0, 1.0).mul_(255.0).round_()
+        # clamp (not clamp_): for a float64 input .to() returns the caller's own tensor.
+        return image.to(torch.float64).clamp(0.0, 1.0).mul_(255.0).round_()
 
     @staticmethod
     def backward(ctx: object, grad: Tensor) -> Tensor:
