@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
+import torch
 from rich.markup import escape
 from rich.table import Table
 
+from adaptanon.classifiers import Classifier
 from adaptanon.cli.options import (
     build_settings,
     err,
     load_model,
     load_verifier,
     method_options,
+    preprocess_option,
     progress_bar,
     regions_and_inputs,
     verify_option,
 )
 from adaptanon.engines import FAILED_DIR, Summary, default_batch_size, run
-from adaptanon.engines.local import OutputRefused, RunStopped
+from adaptanon.engines.local import DEFAULT_BATCH_PIXELS, OutputRefused, RunStopped
 from adaptanon.io import InputImage
+from adaptanon.method import Settings
 from adaptanon.records import ImageRecord, Status
 from adaptanon.regions import RegionSource
 
@@ -46,6 +52,8 @@ def print_summary(summary: Summary, out_dir: Path) -> None:
     table.add_row("images", str(summary.images))
     for status in Status:
         table.add_row(str(status), str(summary.counts[status]))
+    if summary.skipped:
+        table.add_row("finished earlier", str(summary.skipped))
     err.print(table)
     err.print(f"outputs and manifest: {out_dir}/ (manifest.jsonl)")
     if summary.counts[Status.FAILED] or summary.counts[Status.WEAK]:
@@ -56,6 +64,11 @@ def print_summary(summary: Summary, out_dir: Path) -> None:
             "weak): a region of the written file is too similar to the original (see "
             "strength_final in the manifest; use a stronger filter)[/yellow]"
         )
+    if summary.skipped:
+        err.print(
+            f"{summary.skipped} image(s) were finished by an earlier run into {out_dir} with "
+            "the same settings and kept (--no-resume processes them again)"
+        )
     if summary.counts[Status.NO_REGIONS]:
         err.print(
             f"[yellow]{summary.counts[Status.NO_REGIONS]} image(s) had no region to "
@@ -63,14 +76,135 @@ def print_summary(summary: Summary, out_dir: Path) -> None:
         )
 
 
+def _digest(path: Path) -> str:
+    """sha256 of a file's content, or for a folder of its files' names, sizes and times."""
+    sha = hashlib.sha256()
+    if path.is_dir():
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            info = f.stat()
+            sha.update(f"{f.relative_to(path)}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+    else:
+        with path.open("rb") as data:
+            for block in iter(lambda: data.read(1 << 20), b""):
+                sha.update(block)
+    return sha.hexdigest()[:16]
+
+
+def named_files(kw: dict[str, Any]) -> dict[str, str]:
+    """Digests of the files that ``--model``, ``--regions``, ``--class-names`` and
+    ``--preprocess`` name (a boxes file, a TorchScript file, ...), recorded in each record's settings so that a
+    rerun redoes the images when one of them changed (see resuming in the README)."""
+    found: dict[str, str] = {}
+    for option in ("model", "regions", "class_names", "preprocess"):
+        spec = kw.get(option)
+        if not isinstance(spec, str):
+            continue
+        for token in {spec, *spec.replace("+", "=").replace(",", "=").split("=")}:
+            path = Path(token)
+            try:
+                if token and path.exists():
+                    found[token] = _digest(path)
+            except OSError:
+                continue
+    return found
+
+
+def _extra(kw: dict[str, Any]) -> dict[str, Any]:
+    """What each record's settings add to the method's: the named files' digests and a
+    ``--preprocess`` spec, so that resuming tells such runs apart."""
+    extra: dict[str, Any] = {}
+    files = named_files(kw)
+    if files:
+        extra["files"] = files
+    if kw.get("preprocess"):
+        extra["preprocess"] = kw["preprocess"]
+    return extra
+
+
+def run_on_ray(
+    items: list[InputImage],
+    out: Path,
+    classifier: Classifier,
+    source: RegionSource,
+    settings: Settings,
+    batch: int,
+    advance: Callable[[ImageRecord], None],
+    kw: dict[str, Any],
+    options: dict[str, Any],
+) -> Summary:
+    """``--engine ray``: the run on a Ray pool of actors (a usage error without Ray)."""
+    try:
+        from adaptanon.engines import ray as ray_engine
+    except ImportError as exc:
+        raise click.UsageError(
+            f"--engine ray needs Ray ({exc}): pip install 'adaptanon[ray]'"
+        ) from exc
+    model = ray_engine.ModelSpec(
+        kw["model"], kw["device"], kw.get("class_names"), preprocess_option(kw["model"])
+    )
+    try:
+        return ray_engine.run(
+            items, out, classifier, source, settings, batch, advance, model=model,
+            address=kw.get("address"), actors=kw.get("ray_actors"),
+            gpus_per_actor=kw.get("ray_gpus_per_actor") or 0.0, **options,
+        )  # fmt: skip
+    except ConnectionError as exc:
+        raise click.UsageError(f"cannot reach the Ray cluster: {exc}") from exc
+
+
+def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--engine`` and the Ray engine's options."""
+    options = [
+        click.option(
+            "--engine",
+            type=click.Choice(["local", "ray"]),
+            default="local",
+            show_default=True,
+            help="local: this process. ray: a pool of Ray actors, each holding the model, on "
+            "a local Ray instance or the cluster at --address (pip install 'adaptanon[ray]'); "
+            "same outputs and manifest.",
+        ),
+        click.option(
+            "--address",
+            default=None,
+            metavar="ADDR",
+            help="With --engine ray: the Ray cluster to use (auto: the one this machine "
+            "belongs to, as under `ray job submit`). Default: start a local instance.",
+        ),
+        click.option(
+            "--ray-actors",
+            type=click.IntRange(min=1),
+            default=None,
+            help="With --engine ray: actors (model copies) [default: one per CPU, or per "
+            "--ray-gpus-per-actor share of the GPUs].",
+        ),
+        click.option(
+            "--ray-gpus-per-actor",
+            type=click.FloatRange(min=0),
+            default=0.0,
+            show_default=True,
+            help="With --engine ray: GPUs each actor holds (0.5: two actors per GPU).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
 def anonymize_paths(
-    inputs: list[str], out: Path, kw: dict[str, Any], quiet: bool = False, overwrite: bool = False
+    inputs: list[str],
+    out: Path,
+    kw: dict[str, Any],
+    quiet: bool = False,
+    overwrite: bool = False,
+    resume: bool = True,
 ) -> Summary:
     """Run ``anonymize`` on ``inputs`` with the parsed shared options.
 
     Another run writing into ``out`` is a usage error (exit 2); a full, read-only or
     unwritable disk ends the run with one line (exit 1); Ctrl-C exits 130. In each case
-    the manifest lists the images finished.
+    the manifest lists the images finished. With ``resume``, images an earlier run into
+    ``out`` finished with the same settings are kept, not processed again.
     """
     settings = build_settings(kw)
     source, items = regions_and_inputs(inputs, out, kw)
@@ -85,12 +219,24 @@ def anonymize_paths(
             if rec.status == Status.ERROR:
                 progress.console.print(f"[red]error[/red] {rec.input}: {rec.error}")
 
-        batch = kw["batch_size"] or default_batch_size(classifier.device)
+        gpus = kw.get("ray_gpus_per_actor") or 0.0
+        device = torch.device("cuda") if gpus > 0 else classifier.device
+        batch = kw["batch_size"] or default_batch_size(device)
+        batch_pixels = round(kw.get("batch_pixels", DEFAULT_BATCH_PIXELS / 1e6) * 1e6)
+        options: dict[str, Any] = {
+            "overwrite": overwrite,
+            "verify": verify,
+            "resume": resume,
+            "batch_pixels": batch_pixels,
+            "extra_settings": _extra(kw),
+        }
         try:
-            summary = run(
-                items, out, classifier, source, settings, batch, advance, overwrite=overwrite,
-                verify=verify,
-            )  # fmt: skip
+            if kw.get("engine") == "ray":
+                summary = run_on_ray(
+                    items, out, classifier, source, settings, batch, advance, kw, options
+                )
+            else:
+                summary = run(items, out, classifier, source, settings, batch, advance, **options)
         except OutputRefused as exc:
             raise click.UsageError(str(exc)) from exc
         except RunStopped as exc:
@@ -127,15 +273,36 @@ def anonymize_paths(
     help="Replace existing files in OUT that no earlier run into OUT wrote (by default "
     "such an image gets status error). Inputs are never replaced.",
 )
+@click.option(
+    "--no-resume",
+    is_flag=True,
+    help="Process every input again. By default an image that an earlier run into OUT "
+    "finished with the same settings (its output is there and its record complete) is "
+    "kept, so rerunning an interrupted command finishes it.",
+)
+@click.option(
+    "--batch-pixels",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_BATCH_PIXELS / 1e6,
+    show_default=True,
+    help="Most megapixels of input in one batch, besides --batch-size (a larger image "
+    "goes alone); bounds memory on folders of large photos.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
+@engine_options
 @method_options
 @verify_option
-def anonymize(inputs: tuple[str, ...], out: Path, overwrite: bool, quiet: bool, **kw: Any) -> None:
+def anonymize(
+    inputs: tuple[str, ...], out: Path, overwrite: bool, no_resume: bool, quiet: bool, **kw: Any
+) -> None:
     """Anonymize INPUT files, folders (recursively) or globs into OUT.
 
     Writes OUT/manifest.jsonl. Exits 0 when every image is unchanged, corrected or had no
     region (no_regions), 1 if any image failed or could not be read or the disk is full or
     read-only, 2 on a usage error (another run writing into OUT included), 130 on Ctrl-C.
     """
-    summary = anonymize_paths(list(inputs), out, kw, quiet, overwrite)
+    ray_only = ("address", "ray_actors", "ray_gpus_per_actor")
+    if kw.get("engine") != "ray" and any(kw.get(name) for name in ray_only):
+        raise click.UsageError("--address and --ray-* options need --engine ray")
+    summary = anonymize_paths(list(inputs), out, kw, quiet, overwrite, resume=not no_resume)
     sys.exit(0 if summary.ok else 1)

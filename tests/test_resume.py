@@ -1,0 +1,244 @@
+"""Long runs: a rerun after Ctrl-C or ``kill -9`` keeps what was finished and redoes the
+rest; batches are bounded by pixels; out-of-memory splits a batch (tiny model)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import TESTS_DIR, make_image, save_png
+from PIL import Image
+
+import adaptanon.engines.local as local
+from adaptanon.cli import main
+from adaptanon.io.images import InputImage
+from adaptanon.io.manifest import read_earlier_manifest, read_manifest
+from adaptanon.records import REQUIRED_KEYS
+
+SLOW = ["--regions", "saliency:16", "--criterion", "margin:1", "--max-steps", "40"]
+"""Settings under which the tiny model needs correction steps, so a run takes seconds."""
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    src = str(TESTS_DIR.parent / "src")
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS_DIR), src, env.get("PYTHONPATH", "")])
+    return env
+
+
+def command(inputs: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "adaptanon", "anonymize", str(inputs), "-o", str(out),
+        "--model", "tiny_factory:make", "--device", "cpu", "--batch-size", "2", *SLOW, *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def thirty(tmp_path) -> Path:
+    """30 synthetic photos of varied sizes and one broken file."""
+    root = tmp_path / "in"
+    for i in range(30):
+        save_png(make_image(96 + i % 5 * 8, 128 + i % 3 * 8, i), root / f"img{i:02d}.png")
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return root
+
+
+def manifest_lines(out: Path) -> int:
+    try:
+        return (out / "manifest.jsonl").read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def outputs(out: Path) -> dict[str, Path]:
+    return {
+        p.relative_to(out).as_posix(): p
+        for p in out.rglob("*")
+        if p.is_file() and p.name not in ("manifest.jsonl", ".adaptanon.lock")
+    }
+
+
+def test_rerun_after_kill_9_finishes_the_job_without_redoing_finished_images(thirty, tmp_path):
+    env = cli_env()
+    reference = tmp_path / "reference"
+    whole = subprocess.run(command(thirty, reference, "-q"), env=env, capture_output=True)
+    assert whole.returncode == 1, whole.stderr.decode()  # broken.png is an error
+
+    out = tmp_path / "out"
+    proc = subprocess.Popen(command(thirty, out, "-q"), env=env, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while manifest_lines(out) < 6 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    before = read_earlier_manifest(out / "manifest.jsonl")  # a torn last line is left out
+    assert 6 <= len(before) < 31, "the run was not killed mid-way"
+    finished = {
+        Path(r["output"]).relative_to(out).as_posix(): os.stat(r["output"]).st_mtime_ns
+        for r in before
+        if r["output"]
+    }
+
+    again = subprocess.run(command(thirty, out), env=env, capture_output=True, text=True)
+    assert again.returncode == 1, again.stderr
+
+    # One complete record per input, nothing torn or duplicated.
+    recs = read_manifest(out / "manifest.jsonl")
+    assert sorted(Path(r["input"]).name for r in recs) == sorted(p.name for p in thirty.iterdir())
+    assert all(key in r for r in recs for key in REQUIRED_KEYS)
+    ref = {Path(r["input"]).name: r for r in read_manifest(reference / "manifest.jsonl")}
+    for rec in recs:
+        name = Path(rec["input"]).name
+        assert rec["status"] == ref[name]["status"], name
+        assert (rec["output"] is None) == (ref[name]["output"] is None)
+    assert not (out / local.EARLIER_NAME).exists()
+    # Every output decodes and is byte-identical to the uninterrupted run's; no
+    # temporary file of the killed run is left.
+    written, expected = outputs(out), outputs(reference)
+    assert sorted(written) == sorted(expected) and len(written) == 30
+    for name, path in written.items():
+        with Image.open(path) as img:
+            img.load()
+        assert path.read_bytes() == expected[name].read_bytes(), name
+    # The images finished before the kill were kept, not written again.
+    assert {n: os.stat(out / n).st_mtime_ns for n in finished} == finished
+    row = re.search(r"finished earlier\s*│\s*(\d+)", again.stderr)
+    assert row and int(row.group(1)) == len(finished), again.stderr
+
+
+def anonymize(inputs: Path, out: Path, *extra: str):
+    return CliRunner().invoke(
+        main,
+        ["anonymize", str(inputs), "-o", str(out), "--model", "tiny_factory:make"]
+        + ["--device", "cpu", "--regions", "saliency:8", *extra],
+    )
+
+
+def written_times(out: Path) -> dict[str, int]:
+    return {name: p.stat().st_mtime_ns for name, p in outputs(out).items()}
+
+
+@pytest.fixture
+def four(tmp_path) -> Path:
+    root = tmp_path / "in"
+    for i in range(4):
+        save_png(make_image(48, 64, i), root / f"p{i}.png")
+    return root
+
+
+def test_rerun_keeps_finished_images_and_redoes_changed_settings(four, tmp_path):
+    out = tmp_path / "out"
+    assert anonymize(four, out, "-q").exit_code == 0
+    first = written_times(out)
+    res = anonymize(four, out)
+    assert res.exit_code == 0 and "finished earlier" in res.output, res.output
+    assert written_times(out) == first
+    assert len(read_manifest(out / "manifest.jsonl")) == 4
+    # Another setting: every image is processed again with it (and replaced).
+    assert anonymize(four, out, "-q", "--max-steps", "7").exit_code == 0
+    recs = read_manifest(out / "manifest.jsonl")
+    assert len(recs) == 4 and all(r["settings"]["max_steps"] == 7 for r in recs)
+    assert all(written_times(out)[n] != t for n, t in first.items())
+    # --no-resume redoes them all; an input changed since is redone without it.
+    second = written_times(out)
+    assert anonymize(four, out, "-q", "--max-steps", "7", "--no-resume").exit_code == 0
+    assert all(written_times(out)[n] != t for n, t in second.items())
+    third = written_times(out)
+    time.sleep(0.01)
+    save_png(make_image(48, 64, 9), four / "p1.png")
+    assert anonymize(four, out, "-q", "--max-steps", "7").exit_code == 0
+    changed = {n for n, t in written_times(out).items() if t != third[n]}
+    assert changed == {"p1.png"}
+
+
+def test_a_changed_boxes_file_redoes_the_images(four, tmp_path):
+    out = tmp_path / "out"
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text('{"p0.png": [[4, 4, 20, 20]]}')
+    assert anonymize(four, out, "-q", "--regions", f"boxes={boxes}").exit_code == 0
+    first = written_times(out)
+    boxes.write_text('{"p0.png": [[8, 8, 30, 30]]}')
+    assert anonymize(four, out, "-q", "--regions", f"boxes={boxes}").exit_code == 0
+    assert all(written_times(out)[n] != t for n, t in first.items())
+    recs = {Path(r["input"]).name: r for r in read_manifest(out / "manifest.jsonl")}
+    assert recs["p0.png"]["regions"] == [[8, 8, 30, 30]]
+
+
+def test_missing_or_replaced_outputs_and_leftovers_are_handled(four, tmp_path):
+    out = tmp_path / "out"
+    assert anonymize(four, out, "-q").exit_code == 0
+    (out / "p0.png").unlink()
+    (out / ".p2.png.abc_1234.tmp").write_bytes(b"half a png")  # left by a kill -9
+    keep = out / "notes.tmp"
+    keep.write_text("mine")
+    first = written_times(out)
+    assert anonymize(four, out, "-q").exit_code == 0
+    now = written_times(out)
+    assert "p0.png" in now and ".p2.png.abc_1234.tmp" not in now and keep.read_text() == "mine"
+    assert {n for n in first if n in now and now[n] != first[n]} == set()
+    assert len(read_manifest(out / "manifest.jsonl")) == 4
+
+
+# Memory-bounded batches ------------------------------------------------------------------
+
+
+def sized_items(tmp_path: Path, sizes: list[tuple[int, int]]) -> list[InputImage]:
+    items = []
+    for i, (h, w) in enumerate(sizes):
+        path = save_png(make_image(h, w, i), tmp_path / f"s{i}.png")
+        items.append(InputImage(path, Path(path.name)))
+    return items
+
+
+def test_batches_are_bounded_by_pixels_as_well_as_images(tmp_path):
+    items = sized_items(tmp_path, [(10, 10), (10, 10), (20, 20), (10, 10), (30, 30), (10, 10)])
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    items.insert(1, InputImage(tmp_path / "bad.png", Path("bad.png")))
+    batches = list(local.load_batches(items, batch_size=3, batch_pixels=500))
+    names = [[item.relative.name for item, _ in batch] for batch in batches]
+    # 100 + 0 + 100 | 400 | 100 | 900 (over the limit: alone) | 100
+    assert names == [["s0.png", "bad.png", "s1.png"], ["s2.png", "s3.png"], ["s4.png"], ["s5.png"]]
+    assert isinstance(batches[0][1][1], ValueError)
+    assert [len(b) for b in local.load_batches(items, batch_size=2)] == [2, 2, 2, 1]
+
+
+def test_out_of_memory_splits_the_batch_in_halves(tmp_path, tiny, monkeypatch):
+    items = sized_items(tmp_path, [(40, 48)] * 7)
+    real, sizes = local.process_batch, []
+
+    def process(classifier, source, settings, names, images, **kw):
+        sizes.append(len(images))
+        if len(images) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(classifier, source, settings, names, images, **kw)
+
+    from adaptanon.method import Settings
+    from adaptanon.regions import parse_region_source
+
+    monkeypatch.setattr(local, "process_batch", process)
+    freed = []
+    monkeypatch.setattr(local, "free_device_memory", lambda device: freed.append(device))
+    loaded = [(item, np.asarray(Image.open(item.path).convert("RGB"))) for item in items]
+    source = parse_region_source("saliency:8")
+    results = local.process_loaded(tiny, source, Settings(), loaded)
+    assert [item for item, _ in results] == items
+    assert all(out.status.ok for _, out in results)
+    assert sizes == [7, 3, 1, 2, 4, 2, 2]  # 7 -> 3 + 4; 3 -> 1 + 2; 4 -> 2 + 2
+    assert len(freed) == 3
+    # An image that runs out of memory alone is an error, and the others go on.
+    monkeypatch.setattr(
+        local, "process_batch", lambda *a, **k: (_ for _ in ()).throw(MemoryError("no memory"))
+    )
+    results = local.process_loaded(tiny, source, Settings(), loaded[:2])
+    assert [out.status for _, out in results] == ["error", "error"]
+    assert "no memory" in (results[0][1].record.error or "")
