@@ -1,5 +1,6 @@
 """Engines: files in, files out. :mod:`.local` runs batches in this process (reading one
-batch ahead in a thread); distributed engines will sit beside it."""
+batch ahead in a thread); :mod:`.ray` (imported on demand, needs ``adaptanon[ray]``) runs
+them in a pool of Ray actors. Both write through :func:`.local.write_outputs`."""
 
 from adaptanon.engines.local import (
     FAILED_DIR,
