@@ -505,5 +505,5 @@ def test_evaluate_has_the_option_names_of_anonymize() -> None:
     def names(command: str) -> set[str]:
         return {o for p in main.commands[command].params for o in p.opts}
 
-    # --overwrite concerns output files, which evaluate does not write.
-    assert names("anonymize") - {"--overwrite"} <= names("evaluate")
+    # --overwrite and --verify-with concern output files, which evaluate does not write.
+    assert names("anonymize") - {"--overwrite", "--verify-with"} <= names("evaluate")
