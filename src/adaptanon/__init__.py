@@ -32,7 +32,7 @@ from adaptanon.method import (
     parse_filter,
     process_batch,
 )
-from adaptanon.preprocessing import Preprocess
+from adaptanon.preprocessing import Preprocess, PreprocessSpec, parse_preprocess
 from adaptanon.records import ImageRecord, Status
 from adaptanon.regions import Detection, ExplicitBoxes, Regions, RegionSource, SaliencyBox
 
@@ -57,6 +57,7 @@ __all__ = [
     "Mosaic",
     "Outcome",
     "Preprocess",
+    "PreprocessSpec",
     "ProbabilityDistance",
     "RegionSource",
     "Regions",
@@ -73,6 +74,7 @@ __all__ = [
     "load_classifier",
     "parse_criterion",
     "parse_filter",
+    "parse_preprocess",
     "process_batch",
     "read_image",
     "to_image",
