@@ -61,7 +61,6 @@ def test_ray_engine_writes_what_the_local_engine_writes(tmp_path):
         assert Path(rec["output"]).read_bytes() == Path(ref["output"]).read_bytes(), name
     files = {p.relative_to(distributed) for p in distributed.rglob("*") if p.is_file()}
     assert files == {p.relative_to(local) for p in local.rglob("*") if p.is_file()}
-    assert "finished earlier" in done.stderr or "images" in done.stderr
 
     # Resuming works the same: nothing left to do, so no Ray instance is even started.
     again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
