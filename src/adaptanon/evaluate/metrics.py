@@ -118,7 +118,83 @@ def strength_summary(rows: Sequence[ImageRow]) -> dict[str, Any]:
             out[f"region_{key}_{stage}_max"] = max(values) if values else None
         details = region_values(rows, field, "detail")
         out[f"region_detail_{stage}_max"] = max(details) if details else None
+        for key in ("ssim", "psnr"):
+            out[f"region_{key}_{stage}_mean"] = mean_finite(region_values(rows, field, key))
     return out
+
+
+LABEL_KEYS = ("images", "images_pct", "changed", "vulnerable_initial_pct",
+              "vulnerable_initial_within_pct", "not_corrected", "vulnerable_final_pct",
+              "mean_steps")  # fmt: skip
+"""The keys of each label's entry in a summary's ``by_label`` (see :func:`label_summary`)."""
+
+
+def has_label(row: ImageRow, label: str) -> bool:
+    """Whether one of the row's regions has ``label`` (``face``, ``plate``, ...)."""
+    return any(d.get("label") == label for d in row.detections or [])
+
+
+def label_summary(rows: Sequence[ImageRow], label: str) -> dict[str, Any]:
+    """The paper's Table 4 for the images with at least one ``label`` region among the
+    evaluated ``rows``: how many (and their share), how many changed class after plain
+    anonymization (in percent of all images, as Table 4, and of these images), how many
+    were not corrected (and in percent of all images) and their mean steps."""
+    sub = [r for r in rows if has_label(r, label)]
+    changed = count_changed(sub)
+    not_corrected = count_not_corrected(sub)
+    return {
+        "images": len(sub),
+        "images_pct": percent(len(sub), len(rows)),
+        "changed": changed,
+        "vulnerable_initial_pct": percent(changed, len(rows)),
+        "vulnerable_initial_within_pct": percent(changed, len(sub)),
+        "not_corrected": not_corrected,
+        "vulnerable_final_pct": percent(not_corrected, len(rows)),
+        "mean_steps": mean_steps(sub),
+    }
+
+
+def regions_summary(rows: Sequence[ImageRow]) -> dict[str, Any]:
+    """Images with at least one region, and per region label (``face``, ``plate``, from
+    the detections) :func:`label_summary` under ``by_label``; each label's entries are
+    also flat keys ``<label>_<key>`` (e.g. ``face_images_pct``)."""
+    with_regions = sum(1 for r in rows if r.regions)
+    labels = sorted({str(d.get("label")) for r in rows for d in r.detections or []})
+    by_label = {label: label_summary(rows, label) for label in labels}
+    flat = {f"{lab}_{k}": v for lab, entry in by_label.items() for k, v in entry.items()}
+    return {
+        "images_with_regions": with_regions,
+        "images_with_regions_pct": percent(with_regions, len(rows)),
+        "by_label": by_label,
+        **flat,
+    }
+
+
+def privacy_summary(rows: Sequence[ImageRow]) -> dict[str, Any]:
+    """Face re-detection and the correction's size.
+
+    ``faces_checked``: faces the face detector found in the originals (None when the
+    regions do not come from it); ``face_redetection_{plain,corrected}_pct``: the share of
+    them it finds again (IoU >= 0.5, same threshold) after plain anonymization and in the
+    final images; ``correction_mean_levels``: the mean over corrected images of their mean
+    absolute change inside the regions (plain to final, 0-255 levels);
+    ``correction_max_levels``: the largest change in any image.
+    """
+    checked = [r for r in rows if r.faces_checked is not None]
+    faces = sum(r.faces_checked or 0 for r in checked)
+    plain = sum(r.faces_redetected_plain or 0 for r in checked)
+    final = sum(r.faces_redetected_final or 0 for r in checked)
+    corrected = [r.correction_mean for r in rows if r.status == Status.CORRECTED]
+    largest = [r.correction_max for r in rows if r.correction_max is not None]
+    return {
+        "faces_checked": faces if checked else None,
+        "faces_redetected_plain": plain if checked else None,
+        "faces_redetected_corrected": final if checked else None,
+        "face_redetection_plain_pct": percent(plain, faces),
+        "face_redetection_corrected_pct": percent(final, faces),
+        "correction_mean_levels": mean_finite(corrected),
+        "correction_max_levels": max(largest) if largest else None,
+    }
 
 
 def summarize(
@@ -131,7 +207,9 @@ def summarize(
     ``vulnerable_*_pct`` are relative to all evaluated images. Images that could not be read
     or processed are counted in ``errors`` and left out of everything else. ``weak``
     counts images whose written region was not measurably anonymized; the ``region_*``
-    keys are :func:`strength_summary`.
+    keys are :func:`strength_summary`, the images with regions and the Table 4 analog per
+    region label :func:`regions_summary`, face re-detection and the correction's size
+    :func:`privacy_summary`.
     """
     labels = labels or {}
     valid = valid_rows(rows)
@@ -170,6 +248,8 @@ def summarize(
         "psnr_plain_db": mean_finite(r.psnr_plain for r in valid),
         "psnr_corrected_db": mean_finite(r.psnr_final for r in valid),
         **strength_summary(valid),
+        **regions_summary(valid),
+        **privacy_summary(valid),
         "seconds_per_image": seconds,
         "images_per_second": rate,
         "key": config.key,

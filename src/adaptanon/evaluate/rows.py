@@ -15,7 +15,7 @@ import numpy as np
 from adaptanon.method import Settings
 from adaptanon.records import ImageRecord
 
-CACHE_SCHEMA = 3
+CACHE_SCHEMA = 4
 """Bump when the meaning of cached rows changes, so that old caches are not reused."""
 
 
@@ -81,6 +81,14 @@ class ImageRow(ImageRecord):
             changed file is evaluated again.
         seconds: this image's share of its batch's time.
         example: the file name of its thumbnails under ``cache/<key>/``, if kept.
+        correction_mean, correction_max: the correction's own size, the mean and largest
+            absolute change between the plainly anonymized and the final (stored) pixels
+            inside the regions, all channels, in 0-255 levels (None without regions).
+        faces_checked: faces the face detector found in the original (its ``face``
+            detections), when the regions come from it; else None.
+        faces_redetected_plain, faces_redetected_final: how many of them the same
+            detector, at the same threshold, still finds (a box with IoU >= 0.5) in the
+            plainly anonymized and in the final image.
     """
 
     input: str = ""
@@ -88,6 +96,11 @@ class ImageRow(ImageRecord):
     content: str = ""
     seconds: float = 0.0
     example: str | None = None
+    correction_mean: float | None = None
+    correction_max: float | None = None
+    faces_checked: int | None = None
+    faces_redetected_plain: int | None = None
+    faces_redetected_final: int | None = None
 
     @property
     def name(self) -> str:

@@ -23,9 +23,17 @@ from adaptanon.evaluate.labels import find_labels
 from adaptanon.evaluate.metrics import summarize
 from adaptanon.evaluate.rows import Config, ImageRow
 from adaptanon.io.images import InputImage
-from adaptanon.method import Outcome
-from adaptanon.records import Status
-from adaptanon.regions import RegionSource
+from adaptanon.method import Outcome, OutcomeImages
+from adaptanon.records import Box, Status
+from adaptanon.regions import Combined, Detection, RegionQuery, RegionSource
+from adaptanon.regions.detectors import CenterFace
+
+REDETECT_IOU = 0.5
+"""A face counts as found again when a detection in the output overlaps it this much."""
+
+OnOutcome = Callable[[Config, InputImage, Outcome], None]
+"""Called with each processed image's outcome (its ``data`` is the file ``anonymize``
+would write), e.g. to keep the files."""
 
 
 def outcome_row(item: InputImage, out: Outcome, seconds: float) -> ImageRow:
@@ -40,6 +48,73 @@ def outcome_row(item: InputImage, out: Outcome, seconds: float) -> ImageRow:
     )
 
 
+def face_detector(source: RegionSource) -> RegionSource | None:
+    """The face detector behind ``source`` (``faces``, or ``faces`` joined with others),
+    else None: regions from files or saliency do not look at pixels again."""
+    if isinstance(source, CenterFace):
+        return source
+    if isinstance(source, Combined):
+        return next((s for s in source.sources if isinstance(s, CenterFace)), None)
+    return None
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two ``[x0, y0, x1, y1]`` boxes."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def count_found(faces: Sequence[Box], found: Sequence[Detection]) -> int:
+    """How many of ``faces`` some ``face`` detection in ``found`` overlaps with IoU >=
+    :data:`REDETECT_IOU`."""
+    boxes = [d.box for d in found if d.label == "face"]
+    return sum(1 for f in faces if any(box_iou(f, b) >= REDETECT_IOU for b in boxes))
+
+
+def correction_size(images: OutcomeImages) -> tuple[float, float] | None:
+    """Mean and largest absolute change between the plainly anonymized and the final
+    pixels inside the regions (all channels), in 0-255 levels; None without regions."""
+    inside = images.mask.expand_as(images.final)
+    if not bool(inside.any()):
+        return None
+    diff = (images.final - images.anonymized).abs()[inside].double() * 255
+    return round(float(diff.mean()), 4), round(float(diff.max()), 4)
+
+
+def add_privacy(
+    rows: Sequence[ImageRow], outcomes: Sequence[Outcome], source: RegionSource
+) -> None:
+    """Fill each row's correction size and, when ``source`` has a face detector, its face
+    re-detection counts: the detector runs on the plainly anonymized and the final images
+    of the rows with faces (one batch), at the threshold it found them with."""
+    todo: list[tuple[ImageRow, OutcomeImages, list[Box]]] = []
+    for row, out in zip(rows, outcomes, strict=True):
+        if out.images is None or not row.regions:
+            continue
+        size = correction_size(out.images)
+        row.correction_mean, row.correction_max = size if size else (None, None)
+        faces = [tuple(d["box"]) for d in row.detections or [] if d.get("label") == "face"]
+        if faces:
+            todo.append((row, out.images, faces))
+    detector = face_detector(source)
+    if detector is None or not todo:
+        return
+    queries = [
+        RegionQuery(row.input, img) for row, images, _ in todo
+        for img in (images.anonymized, images.final)
+    ]  # fmt: skip
+    found = detector.find(queries)
+    for k, (row, _, faces) in enumerate(todo):
+        plain, final = found[2 * k], found[2 * k + 1]
+        if plain.error is None and final.error is None:
+            row.faces_checked = len(faces)
+            row.faces_redetected_plain = count_found(faces, plain.detections)
+            row.faces_redetected_final = count_found(faces, final.detections)
+
+
 def process_items(
     classifier: Classifier,
     source: RegionSource,
@@ -48,25 +123,28 @@ def process_items(
     examples_dir: Path,
     examples_left: int,
     first_example: int,
+    on_outcome: OnOutcome | None = None,
 ) -> list[ImageRow]:
     """Rows for one batch of loaded images (pixels, or the exception reading raised).
 
     The first ``examples_left`` images whose class changed after anonymization are kept as
-    examples, numbered from ``first_example``.
+    examples, numbered from ``first_example``. Each row gets the privacy measures of
+    :func:`add_privacy` (not counted in its seconds).
     """
     start = time.perf_counter()
     results = process_loaded(classifier, source, config.settings, loaded, keep_images=True)
     good = sum(1 for _, px in loaded if not isinstance(px, Exception))
     seconds = (time.perf_counter() - start) / max(1, good)
-    rows = []
-    for item, out in results:
-        row = outcome_row(item, out, seconds)
+    rows = [outcome_row(item, out, seconds) for item, out in results]
+    add_privacy(rows, [out for _, out in results], source)
+    for row, (item, out) in zip(rows, results, strict=True):
+        if on_outcome is not None:
+            on_outcome(config, item, out)
         changed = row.anonymized_class is not None and row.anonymized_class != row.original_class
         if changed and out.images is not None and examples_left > 0:
             row.example = save_example(examples_dir, first_example, out.images)
             first_example += 1
             examples_left -= 1
-        rows.append(row)
     return rows
 
 
@@ -104,6 +182,7 @@ def run_sweep(
     on_config: Callable[[Config, int, int], None] | None = None,
     on_row: Callable[[Config, ImageRow], None] | None = None,
     share_unchanged: bool = True,
+    on_outcome: OnOutcome | None = None,
 ) -> list[SweepResult]:
     """Evaluate every configuration on ``items``, resuming from ``cache_dir``.
 
@@ -119,6 +198,7 @@ def run_sweep(
             unchanged (status ``unchanged``, 0 steps) for every configuration that differs
             only in the step size: the step size plays no part before the first step.
             Such rows are copied, not computed, and keep the first one's timing.
+        on_outcome: called with each newly computed image's outcome.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
@@ -156,6 +236,7 @@ def run_sweep(
                 cache.examples_dir,
                 max(0, examples - saved),
                 saved,
+                on_outcome,
             )
             saved += sum(1 for r in rows if r.example)
             cache.append(rows)
@@ -185,6 +266,7 @@ def evaluate(
     on_config: Callable[[Config, int, int], None] | None = None,
     on_row: Callable[[Config, ImageRow], None] | None = None,
     share_unchanged: bool = True,
+    on_outcome: OnOutcome | None = None,
 ) -> list[dict[str, Any]]:
     """Run the sweep (see :func:`run_sweep`) and write ``results.json``, ``results.csv``,
     ``results.md`` and ``report.html`` to ``out_dir``. Returns the results rows, one per
@@ -205,6 +287,7 @@ def evaluate(
         on_config=on_config,
         on_row=on_row,
         share_unchanged=share_unchanged,
+        on_outcome=on_outcome,
     )
     labels = find_labels(items) if labels is None else labels
     summaries = [summarize(s.config, s.rows, labels) for s in swept]
