@@ -56,6 +56,7 @@ class Anonymizer:
             criterion=criterion or base.criterion,
             solver=solver or base.solver,
             codec=Codec(codec) if isinstance(codec, str) else (codec or base.codec),
+            robust=base.robust,
         )
         self.regions = parse_region_source(regions) if isinstance(regions, str) else regions
         target = resolve_device(device) if isinstance(device, str) else device

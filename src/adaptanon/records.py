@@ -54,6 +54,9 @@ class ImageRecord:
     hold one ``{"psnr", "ssim", "detail"}`` dict per region (same order as ``regions``)
     comparing the original with the plainly anonymized / written pixels (``psnr`` None:
     identical; ``detail`` None: the original region has no fine detail).
+    ``worst_variant_margin``/``worst_variant`` (``--robust`` only, else None): the
+    smallest logit margin of the written pixels over the loader variants, each measured
+    against the class that variant gives the original, and that variant's name.
     ``settings`` describes the run.
     """
 
@@ -74,6 +77,8 @@ class ImageRecord:
     anonymized_confidence: float | None = None
     final_confidence: float | None = None
     final_margin: float | None = None
+    worst_variant_margin: float | None = None
+    worst_variant: str | None = None
     psnr_plain: float | None = None
     psnr_final: float | None = None
     strength_plain: list[dict[str, float | None]] = field(default_factory=list)

@@ -232,6 +232,15 @@ def method_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "logits), or prob:EPS (same class and L2 probability distance < EPS).",
         ),
         click.option(
+            "--robust",
+            is_flag=True,
+            help="Accept an image only when the criterion holds under loaders near the "
+            "declared one too (Pillow bilinear/bicubic, OpenCV INTER_LINEAR/INTER_AREA, "
+            "F.interpolate with antialias, the other rounding of the long side, a JPEG "
+            "re-save at quality 75 and 90), correcting under all of them; several times "
+            "slower (see README, 'Your loader').",
+        ),
+        click.option(
             "--delta",
             type=Number(min=0),
             default=None,
@@ -343,6 +352,7 @@ def build_settings(
         solver=solver,
         codec=Codec(kw["fmt"], kw["quality"], kw["png_compression"]),
         strength=StrengthLimits(kw["max_region_ssim"], kw["max_region_detail"]),
+        robust=bool(kw.get("robust", False)),
     )
 
 

@@ -17,18 +17,24 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from adaptanon.classifiers import Classifier
+from adaptanon.classifiers.robust import robust as robust_classifier
 from adaptanon.io.codecs import Codec, to_pixels
 from adaptanon.method.criteria import Criterion, SameClass, logit_margin
 from adaptanon.method.filters import Blur, Filter, anonymize
 from adaptanon.method.metrics import StrengthLimits, image_strength, region_psnr
 from adaptanon.method.solvers import GradientSolver, Solver
+from adaptanon.method.solvers.gradient import variant_margins
 from adaptanon.records import ImageRecord, Status
 from adaptanon.regions import RegionQuery, Regions, RegionSource
 
 
 @dataclass(frozen=True)
 class Settings:
-    """How to anonymize, correct and store; the defaults are the paper's (and the CLI's)."""
+    """How to anonymize, correct and store; the defaults are the paper's (and the CLI's).
+
+    ``robust``: accept an image only when the criterion holds under every loader near
+    the declared one (:func:`~adaptanon.preprocessing.variants.variants_of`), and correct
+    it under all of them (``--robust``)."""
 
     filter: Filter = field(default_factory=Blur)
     shape: str = "rect"
@@ -36,6 +42,7 @@ class Settings:
     solver: Solver = field(default_factory=GradientSolver)
     codec: Codec = field(default_factory=Codec)
     strength: StrengthLimits = field(default_factory=StrengthLimits)
+    robust: bool = False
 
     def __post_init__(self) -> None:
         if self.shape not in ("rect", "ellipse"):
@@ -51,6 +58,7 @@ class Settings:
             "format": self.codec.format,
             "quality": None if self.codec.lossless else self.codec.quality,
             **self.strength.describe(),
+            **({"robust": True} if self.robust else {}),
         }
 
 
@@ -157,6 +165,8 @@ def process_batch(
             "adaptanon needs gradients, which torch.inference_mode() forbids; call it "
             "under torch.no_grad() or with no context instead"
         )
+    if settings.robust:
+        classifier = robust_classifier(classifier)
     device = classifier.device
     images = [img.detach().to(device, torch.float32) for img in images]
     logits, saliency, inputs = classify_originals(classifier, images, source.uses_saliency)
@@ -179,8 +189,7 @@ def process_batch(
             status=Status.ERROR,
             regions=[list(b) for b in regions.boxes],
             detections=[
-                {"box": list(d.box), "label": d.label, "score": d.score}
-                for d in regions.detections
+                {"box": list(d.box), "label": d.label, "score": d.score} for d in regions.detections
             ],
             original_class=cls,
             original_name=classifier.class_name(cls),
@@ -198,16 +207,33 @@ def process_batch(
         masks.append(mask)
     if not todo:
         return outcomes
+    target, reference, bases = original[todo], probs[todo], [inputs[i] for i in todo]
+    names_v: tuple[str, ...] = ()
+    if settings.robust:
+        # Each variant keeps the class it gives the original (the declared one first).
+        rc = robust_classifier(classifier)
+        names_v = rc.variant_names
+        with torch.no_grad():
+            v_inputs = rc.variant_inputs([images[i] for i in todo])
+            v_logits = rc.variant_forward(v_inputs)
+        target = v_logits.argmax(2)
+        target[:, 0] = original[todo].to(target.device)
+        reference, bases = torch.softmax(v_logits, 2), list(v_inputs)
     result = settings.solver(
         classifier,
         anonymized,
         masks,
-        original[todo],
+        target,
         criterion=settings.criterion,
-        reference=probs[todo],
+        reference=reference,
         codec=settings.codec,
-        bases=[inputs[i] for i in todo],
+        bases=bases,
     )
+    worst: list[tuple[float, str]] = []
+    final_v = getattr(result, "variant_logits", None)
+    if settings.robust and final_v is not None:
+        v_margins = variant_margins(final_v, target.to(final_v.device))
+        worst = [(float(m.min()), names_v[int(m.argmin())]) for m in v_margins]
     initial_probs = torch.softmax(result.initial_logits, 1)
     final_probs = torch.softmax(result.logits, 1)
     margins = logit_margin(result.logits, original[todo].to(result.logits.device))
@@ -221,6 +247,8 @@ def process_batch(
         rec.final_name = classifier.class_name(rec.final_class)
         rec.final_confidence = float(final_probs[j, rec.final_class])
         rec.final_margin = float(margins[j])
+        if worst:
+            rec.worst_variant_margin, rec.worst_variant = worst[j]
         rec.psnr_plain = _finite(region_psnr(images[i], result.initial[j], masks[j]))
         rec.psnr_final = _finite(region_psnr(images[i], result.stored[j], masks[j]))
         boxes = found[i].boxes
@@ -236,6 +264,8 @@ def process_batch(
         elif not bool(result.success[j]):
             rec.status = Status.FAILED
             rec.error = f"criterion {settings.criterion.describe()} not met after {rec.steps} steps"
+            if worst:
+                rec.error += f" under every loader variant (worst: {rec.worst_variant})"
         elif undone:
             rec.status, rec.error = Status.FAILED, undone
         elif not rec.regions:

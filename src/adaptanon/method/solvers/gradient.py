@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +22,45 @@ from torch import Tensor
 
 from adaptanon.classifiers import Classifier
 from adaptanon.io.codecs import Codec
-from adaptanon.method.criteria import Criterion, SameClass
+from adaptanon.method.criteria import Criterion, SameClass, logit_margin
 from adaptanon.method.solvers.base import Solver, SolverResult
+
+
+@dataclass
+class RobustResult(SolverResult):
+    """A :class:`SolverResult` of a robust correction (``target`` ``(B, V)``), with
+    ``variant_logits``: ``(B, V, N)`` logits of ``stored`` under each of the classifier's
+    ``V`` loader variants (the declared loader first; ``logits`` is that one)."""
+
+    variant_logits: Tensor | None = None
+
+
+ROBUST_LOSS = "sum"
+"""How a robust step weighs the variants: ``sum`` (cross-entropy summed over all of
+them, i.e. their expectation) or ``worst`` (the variant with the lowest margin only)."""
+
+
+def robust_ok(criterion: Criterion, logits: Tensor, target: Tensor, reference: Tensor) -> Tensor:
+    """``(B,)``: the criterion holds under every variant. ``logits``/``reference``
+    ``(B, V, N)``, ``target`` ``(B, V)`` (each variant's own original class)."""
+    b, v, n = logits.shape
+    ok = criterion(logits.reshape(b * v, n), target.reshape(b * v), reference.reshape(b * v, n))
+    return ok.reshape(b, v).all(1)
+
+
+def variant_margins(logits: Tensor, target: Tensor) -> Tensor:
+    """``(B, V)`` logit margins of ``(B, V, N)`` logits over ``(B, V)`` targets."""
+    b, v, n = logits.shape
+    return logit_margin(logits.reshape(b * v, n), target.reshape(b * v)).reshape(b, v)
+
+
+def _robust_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """The loss of a robust step over ``(b, V, N)`` logits (see :data:`ROBUST_LOSS`)."""
+    if ROBUST_LOSS == "worst":
+        worst = variant_margins(logits.detach(), target).argmin(1)
+        rows = torch.arange(len(worst), device=logits.device)
+        return F.cross_entropy(logits[rows, worst], target[rows, worst], reduction="sum")
+    return F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum")
 
 
 def normalized_step(grad: Tensor, mask: Tensor, alpha: float) -> Tensor:
@@ -80,9 +117,12 @@ def correct(
         classifier: the classifier whose decision must be kept.
         images: ``B`` anonymized ``(3, H, W)`` images in ``[0, 1]`` (sizes may differ).
         masks: ``B`` ``(1, H, W)`` bool masks of the pixels the solver may change.
-        target: ``(B,)`` original classes.
+        target: ``(B,)`` original classes; ``(B, V)`` for a robust correction: each
+            image's original class under each of the classifier's ``V`` loader variants
+            (its ``variant_logits``), all of which must then meet the criterion.
         criterion: when to stop (default: :class:`~adaptanon.criteria.SameClass`).
-        reference: ``(B, N)`` original probabilities, for probability-distance criteria.
+        reference: ``(B, N)`` original probabilities, for probability-distance criteria
+            (``(B, V, N)`` for a robust correction).
         alpha: step size in pixel units after normalising the gradient to max 1.
         max_steps: most gradient steps per image.
         delta: optional L-inf bound around the anonymized pixels.
@@ -93,10 +133,13 @@ def correct(
             part of the view the masks reach is then recomputed at each step.
 
     Returns:
-        A :class:`SolverResult`; ``success`` is False for images that did not meet the
-        criterion within ``max_steps`` or whose gradient vanished.
+        A :class:`SolverResult` (a :class:`RobustResult` for a robust correction);
+        ``success`` is False for images that did not meet the criterion within
+        ``max_steps`` or whose gradient vanished.
     """
     check_step_params(alpha, max_steps, delta)
+    if target.dim() == 2 and not hasattr(classifier, "variant_logits"):
+        raise ValueError("a (B, V) target needs a classifier with variant_logits (--robust)")
     criterion = criterion or SameClass()
     if criterion.needs_reference and reference is None:
         raise ValueError(
@@ -151,6 +194,8 @@ def _descend(
     n = len(images)
     device = classifier.device
     target = target.to(device)
+    robust = target.dim() == 2
+    variant_logits: Tensor | None = None
     start = [img.detach().to(device, torch.float32) for img in images]
     masks = [m.to(device) for m in masks]
     state = [s.clone() for s in start]
@@ -165,15 +210,30 @@ def _descend(
     for step in range(max_steps + 1):
         leaves = [state[i].requires_grad_(True) for i in active]
         seen = [codec.roundtrip(x) for x in leaves]
-        if boxes is None or bases is None:
-            logits = classifier.logits(seen)
+        part = (
+            ([bases[i] for i in active], [boxes[i] for i in active])
+            if boxes is not None and bases is not None
+            else (None, None)
+        )
+        if robust:
+            every = cast(Any, classifier).variant_logits(seen, *part)
+            logits = every[:, 0]
+            ref = (
+                torch.softmax(every.detach(), 2)
+                if reference is None
+                else reference.to(device)[active]
+            )
+            ok = robust_ok(criterion, every.detach(), target[active], ref).cpu()
+            if variant_logits is None:
+                variant_logits = every.detach().new_zeros(n, *every.shape[1:])
+            variant_logits[active] = every.detach()
         else:
-            logits = classifier.logits(seen, [bases[i] for i in active], [boxes[i] for i in active])
-        if reference is None:
-            ref = torch.softmax(logits.detach(), 1)
-        else:
-            ref = reference.to(device)[active]
-        ok = criterion(logits.detach(), target[active], ref).cpu()
+            logits = classifier.logits(seen, *part)
+            if reference is None:
+                ref = torch.softmax(logits.detach(), 1)
+            else:
+                ref = reference.to(device)[active]
+            ok = criterion(logits.detach(), target[active], ref).cpu()
         if initial_logits is None or final_logits is None:
             initial_logits = logits.detach().new_zeros(n, logits.shape[1])
             final_logits = initial_logits.clone()
@@ -187,7 +247,10 @@ def _descend(
         todo = [j for j in range(len(active)) if not ok[j]]
         if step == max_steps or not todo:
             break
-        loss = F.cross_entropy(logits[todo], target[active][todo], reduction="sum")
+        if robust:
+            loss = _robust_loss(every[todo], target[active][todo])
+        else:
+            loss = F.cross_entropy(logits[todo], target[active][todo], reduction="sum")
         # A region the classifier's view does not reach has no gradient (None): it stops.
         grads = (
             torch.autograd.grad(loss, [leaves[j] for j in todo], allow_unused=True)
@@ -210,6 +273,17 @@ def _descend(
     for s in state:
         s.requires_grad_(False)
     assert initial_logits is not None and final_logits is not None
+    if robust:
+        return RobustResult(
+            images=[s.detach() for s in state],
+            stored=stored,
+            initial=initial,
+            success=success,
+            steps=steps,
+            initial_logits=initial_logits,
+            logits=final_logits,
+            variant_logits=variant_logits,
+        )
     return SolverResult(
         images=[s.detach() for s in state],
         stored=stored,
