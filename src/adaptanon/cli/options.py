@@ -173,7 +173,7 @@ def method_options(func: Callable[..., Any]) -> Callable[..., Any]:
             type=click.Choice(list(FILTERS)),
             default="blur",
             show_default=True,
-            help="Anonymization filter.",
+            help="Anonymization filter (yang: Yang et al.'s face blur, sized by each face).",
         ),
         click.option(
             "--blur-kernel",
@@ -317,6 +317,7 @@ FILTER_PARAMS = {
     "blur": {"kernel": "blur_kernel", "sigma": "blur_sigma"},
     "mask": {"value": "mask_value"},
     "mosaic": {"block": "mosaic_block"},
+    "yang": {},  # Yang et al.'s fixed parameters, relative to each face's size
 }
 """Each filter's parameters and the options that give them."""
 
@@ -326,7 +327,7 @@ def build_filter(name: str, kw: dict[str, Any]) -> Filter:
     if name == "blur" and kw["blur_kernel"] % 2 == 0:
         raise click.BadParameter("must be odd and positive", param_hint="--blur-kernel")
     params: dict[str, Any] = {key: kw[opt] for key, opt in FILTER_PARAMS[name].items()}
-    if name != "mask":
+    if name in ("blur", "mosaic"):
         params["scale_to_input"] = not kw["no_filter_scaling"]
     return parse_filter(name, **params)
 
