@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +19,7 @@ from adaptanon.cli.options import (
     load_model,
     load_verifier,
     method_options,
+    named_files,
     preprocess_option,
     progress_bar,
     regions_and_inputs,
@@ -74,39 +74,6 @@ def print_summary(summary: Summary, out_dir: Path) -> None:
             f"[yellow]{summary.counts[Status.NO_REGIONS]} image(s) had no region to "
             "anonymize (status no_regions): they are written re-encoded, not anonymized[/yellow]"
         )
-
-
-def _digest(path: Path) -> str:
-    """sha256 of a file's content, or for a folder of its files' names, sizes and times."""
-    sha = hashlib.sha256()
-    if path.is_dir():
-        for f in sorted(p for p in path.rglob("*") if p.is_file()):
-            info = f.stat()
-            sha.update(f"{f.relative_to(path)}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
-    else:
-        with path.open("rb") as data:
-            for block in iter(lambda: data.read(1 << 20), b""):
-                sha.update(block)
-    return sha.hexdigest()[:16]
-
-
-def named_files(kw: dict[str, Any]) -> dict[str, str]:
-    """Digests of the files that ``--model``, ``--regions``, ``--class-names`` and
-    ``--preprocess`` name (a boxes file, a TorchScript file, ...), recorded in each record's settings so that a
-    rerun redoes the images when one of them changed (see resuming in the README)."""
-    found: dict[str, str] = {}
-    for option in ("model", "regions", "class_names", "preprocess"):
-        spec = kw.get(option)
-        if not isinstance(spec, str):
-            continue
-        for token in {spec, *spec.replace("+", "=").replace(",", "=").split("=")}:
-            path = Path(token)
-            try:
-                if token and path.exists():
-                    found[token] = _digest(path)
-            except OSError:
-                continue
-    return found
 
 
 def _extra(kw: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,10 +13,12 @@ from adaptanon.classifiers import DEFAULT_MODEL
 from adaptanon.cli.options import (
     Number,
     build_settings,
+    detector_options,
     device_option,
     err,
     load_model,
     method_options,
+    named_files,
     progress_bar,
     regions_and_inputs,
 )
@@ -60,17 +61,21 @@ def parse_filters(text: str) -> list[str]:
     return names
 
 
-def regions_identity(spec: str) -> str:
-    """What identifies the regions in the evaluation cache: the spec, with a boxes file
-    replaced by a hash of its content (so editing the file invalidates the cache)."""
-    if not spec.startswith("boxes="):
-        return spec
-    path = Path(spec.partition("=")[2])
-    try:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    except OSError as exc:
-        raise click.BadParameter(f"cannot read {path}: {exc}", param_hint="--regions") from exc
-    return f"boxes:{digest}"
+def regions_identity(kw: dict[str, Any]) -> str:
+    """What identifies the regions in the evaluation cache: the ``--regions`` spec, the
+    detector options, and the content digest of every file it names (a boxes, COCO, YOLO,
+    VOC or CSV file or folder), so that editing one of them invalidates the cache."""
+    spec = kw["regions"]
+    files = named_files({"regions": spec})
+    options = detector_options(kw)
+    detectors = (
+        f"|faces>{options.face_threshold:g},plates>{options.plate_threshold},"
+        f"x{options.box_scale:g},min{options.min_size:g}"
+        if any(name in spec for name in ("faces", "plates"))
+        else ""
+    )
+    digests = "".join(f"|{digest}" for digest in files.values())
+    return spec.split("=")[0] + digests + detectors if files else spec + detectors
 
 
 def sweep_configs(kw: dict[str, Any]) -> list[Config]:
@@ -79,7 +84,7 @@ def sweep_configs(kw: dict[str, Any]) -> list[Config]:
     models = parse_list(kw["model"], "--model")
     filters = parse_filters(kw["filter_name"])
     alphas = parse_alphas(kw["alpha"])
-    regions = regions_identity(kw["regions"])
+    regions = regions_identity(kw)
     return [
         Config(model, name, build_settings(kw, name, alpha), regions)
         for model in models

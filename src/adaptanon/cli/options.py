@@ -4,6 +4,7 @@ classifier, a region source and the input list."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 import sys
 from collections.abc import Callable
@@ -416,6 +417,39 @@ def load_model(spec: str, device: str) -> Classifier:
     except Exception as exc:  # noqa: BLE001 - any failure of user model code is a usage error
         raise click.BadParameter(f"{type(exc).__name__}: {exc}", param_hint="--model") from exc
     return _uses_preprocess(classifier, preprocess)
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's content, or for a folder of its files' names, sizes and times."""
+    sha = hashlib.sha256()
+    if path.is_dir():
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            info = f.stat()
+            sha.update(f"{f.relative_to(path)}\0{info.st_size}\0{info.st_mtime_ns}\n".encode())
+    else:
+        with path.open("rb") as data:
+            for block in iter(lambda: data.read(1 << 20), b""):
+                sha.update(block)
+    return sha.hexdigest()[:16]
+
+
+def named_files(kw: dict[str, Any]) -> dict[str, str]:
+    """Digests of the files that ``--model``, ``--regions``, ``--class-names`` and
+    ``--preprocess`` name (a boxes file, a TorchScript file, ...), recorded in each record's settings so that a
+    rerun redoes the images when one of them changed (see resuming in the README)."""
+    found: dict[str, str] = {}
+    for option in ("model", "regions", "class_names", "preprocess"):
+        spec = kw.get(option)
+        if not isinstance(spec, str):
+            continue
+        for token in {spec, *spec.replace("+", "=").replace(",", "=").split("=")}:
+            path = Path(token)
+            try:
+                if token and path.exists():
+                    found[token] = file_digest(path)
+            except OSError:
+                continue
+    return found
 
 
 def detector_options(kw: dict[str, Any]) -> DetectorOptions:
