@@ -127,20 +127,48 @@ class TorchClassifier:
         geometry = getattr(self.preprocess, "geometry", None)
         return geometry(height, width) if geometry is not None else None
 
+    def input_window(
+        self, height: int, width: int, box: tuple[int, int, int, int]
+    ) -> tuple[int, int, int, int] | None:
+        """The input box ``(x0, y0, x1, y1)`` of a ``height x width`` image from which
+        :meth:`inputs` recomputes the view for a change inside ``box`` (``frames``), or
+        None when the preprocessing cannot work from a window."""
+        window = getattr(self.preprocess, "window", None)
+        if window is None or getattr(self.preprocess, "update", None) is None:
+            return None
+        box_: tuple[int, int, int, int] = window(height, width, box)
+        return box_
+
     def inputs(
         self,
         images: Sequence[Tensor],
         bases: Sequence[Tensor] | None = None,
         boxes: Sequence[BoxOrNone] | None = None,
+        frames: Sequence[tuple[int, int, int, int]] | None = None,
     ) -> Tensor:
         """Preprocess ``B`` images of any sizes into one ``(B, 3, crop, crop)`` batch.
 
         With ``bases`` (model inputs of images equal to these outside ``boxes``), only the
         part of the view that a box reaches is recomputed, when the preprocessing allows.
+        With ``frames`` (``(top, left, height, width)`` per image; needs ``bases`` and
+        ``boxes`` and a preprocessing with ``window``), each image is the crop at
+        ``(top, left)`` of a ``height x width`` input, holding :meth:`input_window` of its
+        box (the whole input where the box is None); boxes are in input coordinates.
         """
         update = getattr(self.preprocess, "update", None)
         if bases is None or boxes is None or update is None:
+            if frames is not None:
+                raise ValueError("frames need bases, boxes and a preprocessing with update")
             batch = torch.stack([self.preprocess(img) for img in images])
+        elif frames is not None:
+            batch = torch.stack(
+                [
+                    self.preprocess(img)
+                    if box is None
+                    else update(img, base, box, (w[0], w[1]), (w[2], w[3]))
+                    for img, base, box, w in zip(images, bases, boxes, frames, strict=True)
+                ]
+            )
         else:
             batch = torch.stack(
                 [
@@ -162,9 +190,10 @@ class TorchClassifier:
         images: Sequence[Tensor],
         bases: Sequence[Tensor] | None = None,
         boxes: Sequence[BoxOrNone] | None = None,
+        frames: Sequence[tuple[int, int, int, int]] | None = None,
     ) -> Tensor:
         """``(B, N)`` logits for ``B`` images ``(3, H, W)`` in ``[0, 1]`` (see :meth:`inputs`)."""
-        return self.forward(self.inputs(images, bases, boxes))
+        return self.forward(self.inputs(images, bases, boxes, frames))
 
     def class_name(self, index: int) -> str:
         """Human-readable name of class ``index`` (the index itself when names are unknown)."""

@@ -20,6 +20,8 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
+from adaptanon.preprocessing.resample import crop_reads
+
 _PRECISION_BITS = 22  # Pillow's fixed-point precision for 8-bit images (Resample.c)
 _MAX_DENSE_ENTRIES = 1 << 22  # largest dense resampling matrix (float64: 32 MiB)
 
@@ -173,7 +175,12 @@ def pil_vertical_first(in_h: int, in_w: int, out_h: int, out_w: int) -> bool:
 
 
 def pil_resize(
-    image: Tensor, size: tuple[int, int], rows: slice | None = None, cols: slice | None = None
+    image: Tensor,
+    size: tuple[int, int],
+    rows: slice | None = None,
+    cols: slice | None = None,
+    offset: tuple[int, int] = (0, 0),
+    full_size: tuple[int, int] | None = None,
 ) -> Tensor:
     """Resize like ``PIL.Image.resize(size, BILINEAR)`` on the 8-bit image ``round(image*255)``.
 
@@ -182,18 +189,21 @@ def pil_resize(
         size: output ``(height, width)``.
         rows, cols: optional slices (step 1) of the output to compute, a crop, which is
             cheaper than resizing everything and cropping afterwards.
+        offset, full_size: ``image`` is the crop at ``offset = (y0, x0)`` of an input of
+            ``full_size = (H, W)`` (default: the whole input); only its pixels are read
+            (``ValueError`` when the taps need others) and the result is the same.
 
     Returns:
         ``(C, h, w)`` tensor of 8-bit values (0..255) as float64; differentiable.
     """
     out_h, out_w = size
-    _, in_h, in_w = image.shape
+    in_h, in_w = full_size or (image.shape[-2], image.shape[-1])
     rows = rows or slice(0, out_h)
     cols = cols or slice(0, out_w)
     plan_h = _axis_plan(in_w, out_w, cols.start or 0, cols.stop, image.device)
     plan_v = _axis_plan(in_h, out_h, rows.start or 0, rows.stop, image.device)
     # Only the input rows and columns the two passes read are converted and resampled.
-    x = _To8bit.apply(image[:, plan_v[0] : plan_v[1], plan_h[0] : plan_h[1]])
+    x = _To8bit.apply(crop_reads(image, plan_v[:2], plan_h[:2], offset))
     return _resize_8bit(x, plan_v, plan_h, pil_vertical_first(in_h, in_w, out_h, out_w))
 
 
@@ -284,7 +294,14 @@ class Preprocess:
         std = torch.tensor(self.std, dtype=torch.float64, device=pixels.device).view(3, 1, 1)
         return ((pixels / 255.0 - mean) / std).to(torch.float32)
 
-    def update(self, image: Tensor, base: Tensor, box: tuple[int, int, int, int]) -> Tensor:
+    def update(
+        self,
+        image: Tensor,
+        base: Tensor,
+        box: tuple[int, int, int, int],
+        offset: tuple[int, int] = (0, 0),
+        full_size: tuple[int, int] | None = None,
+    ) -> Tensor:
         """``self(image)``, given ``base = self(reference)`` for an image equal to ``image``
         outside the half-open input box ``(x0, y0, x1, y1)``.
 
@@ -292,19 +309,46 @@ class Preprocess:
         same arithmetic, so the result is identical); the gradient reaches the box.
 
         Args:
-            image: ``(3, H, W)``; base: ``(3, crop, crop)`` from :meth:`__call__`.
+            image: ``(3, H, W)``, or the crop at ``offset = (y0, x0)`` of an input of
+                ``full_size = (H, W)`` holding :meth:`window` of the box (``box``, the
+                geometry and the result refer to the whole input; ``ValueError`` when the
+                crop lacks pixels the taps read).
+            base: ``(3, crop, crop)`` from :meth:`__call__`.
         """
-        g = self.geometry(image.shape[-2], image.shape[-1])
-        rows = _affected(image.shape[-2], g.resized[0], box[1], box[3], g.top, self.crop)
-        cols = _affected(image.shape[-1], g.resized[1], box[0], box[2], g.left, self.crop)
+        height, width = full_size or (image.shape[-2], image.shape[-1])
+        g = self.geometry(height, width)
+        rows = _affected(height, g.resized[0], box[1], box[3], g.top, self.crop)
+        cols = _affected(width, g.resized[1], box[0], box[2], g.left, self.crop)
         if rows is None or cols is None:
             return base
-        band = self._normalize(pil_resize(image, g.resized, rows=rows, cols=cols))
+        pixels = pil_resize(image, g.resized, rows, cols, offset, (height, width))
+        band = self._normalize(pixels)
         out = base.detach().clone()
         out[:, rows.start - g.top : rows.stop - g.top, cols.start - g.left : cols.stop - g.left] = (
             band
         )
         return out
+
+    def window(
+        self, height: int, width: int, box: tuple[int, int, int, int]
+    ) -> tuple[int, int, int, int]:
+        """The input box ``(x0, y0, x1, y1)`` that :meth:`update` reads for ``box`` in a
+        ``height x width`` input (the taps of the view band the box reaches), joined with
+        ``box``: a crop of the input there is enough for ``update`` and for the region."""
+        g = self.geometry(height, width)
+        rows = _affected(height, g.resized[0], box[1], box[3], g.top, self.crop)
+        cols = _affected(width, g.resized[1], box[0], box[2], g.left, self.crop)
+        if rows is None or cols is None:
+            return box
+        y0, y1 = _reads(height, g.resized[0], rows)
+        x0, x1 = _reads(width, g.resized[1], cols)
+        return min(box[0], x0), min(box[1], y0), max(box[2], x1), max(box[3], y1)
+
+
+def _reads(in_size: int, out_size: int, outputs: slice) -> tuple[int, int]:
+    """The input range ``[first, last)`` that ``outputs`` read (as :func:`_axis_plan`)."""
+    index = _pil_bilinear_taps(in_size, out_size)[0][outputs]
+    return int(index.min()), int(index.max()) + 1
 
 
 def _affected(in_size: int, out_size: int, lo: int, hi: int, start: int, n: int) -> slice | None:

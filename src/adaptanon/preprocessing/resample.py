@@ -156,6 +156,25 @@ def straight_through(linear: Tensor, exact: Tensor) -> Tensor:
     return _StraightThrough.apply(linear, exact.detach())
 
 
+def crop_reads(
+    image: Tensor, ys: tuple[int, int], xs: tuple[int, int], offset: tuple[int, int]
+) -> Tensor:
+    """Input rows ``ys = [y0, y1)`` and columns ``xs`` (input coordinates) of ``image``, a
+    crop of the input whose top-left corner is at ``offset = (y0, x0)``.
+
+    Raises:
+        ValueError: the crop does not hold all of them.
+    """
+    oy, ox = offset
+    h, w = image.shape[-2], image.shape[-1]
+    if ys[0] < oy or xs[0] < ox or ys[1] > oy + h or xs[1] > ox + w:
+        raise ValueError(
+            f"the resampling taps read input rows {ys[0]}..{ys[1] - 1} and columns "
+            f"{xs[0]}..{xs[1] - 1}, outside the {h}x{w} window at (y, x) = {offset}"
+        )
+    return image[:, ys[0] - oy : ys[1] - oy, xs[0] - ox : xs[1] - ox]
+
+
 # A pass: (input window, taps, dim, start, stop) -> output.
 Pass = Callable[[Tensor, Taps, int, int, int], Tensor]
 
@@ -169,11 +188,16 @@ def separable(
     vertical_first: bool = False,
     rows: slice | None = None,
     cols: slice | None = None,
+    offset: tuple[int, int] = (0, 0),
 ) -> Tensor:
     """Resize a ``(C, H, W)`` ``[0, 1]`` image on its 8-bit values ``round(255 x)``.
 
     Only the output ``rows`` x ``cols`` (slices of step 1; default all) are computed, from
     the input window their taps read.
+
+    ``image`` may be a crop of the input (the taps' ``in_size``) whose top-left corner is
+    at ``offset = (y0, x0)``: only its pixels are read (``ValueError`` when the taps need
+    others), with the same arithmetic, so the result is the same.
 
     Returns:
         ``(C, h, w)`` float64 output of the two passes (8-bit values for 8-bit backends).
@@ -184,7 +208,7 @@ def separable(
     c0, c1 = cols.start or 0, cols.stop
     y0, y1 = taps_v.reads(r0, r1)
     x0, x1 = taps_h.reads(c0, c1)
-    x = to_8bit(image[:, y0:y1, x0:x1])
+    x = to_8bit(crop_reads(image, (y0, y1), (x0, x1), offset))
     if vertical_first:
         return pass_h(pass_v(x, taps_v, 1, r0, r1), taps_h, 2, c0, c1)
     return pass_v(pass_h(x, taps_h, 2, c0, c1), taps_v, 1, r0, r1)
@@ -366,11 +390,16 @@ def pil_plan(in_h: int, in_w: int, out_h: int, out_w: int, name: str) -> Plan:
 
 
 def run_plan(
-    image: Tensor, plan: Plan, rows: slice | None = None, cols: slice | None = None
+    image: Tensor,
+    plan: Plan,
+    rows: slice | None = None,
+    cols: slice | None = None,
+    offset: tuple[int, int] = (0, 0),
 ) -> Tensor:
-    """:func:`separable` with a plan: ``(C, H, W)`` in ``[0, 1]`` -> ``(C, h, w)`` float64."""
+    """:func:`separable` with a plan: ``(C, H, W)`` in ``[0, 1]`` -> ``(C, h, w)`` float64
+    (``image`` a crop at ``offset``, see :func:`separable`)."""
     tv, th, pv, ph, order = plan
-    return separable(image, tv, th, pv, ph, order, rows, cols)
+    return separable(image, tv, th, pv, ph, order, rows, cols, offset)
 
 
 def pil_resize_filter(

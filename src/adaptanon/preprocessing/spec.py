@@ -486,27 +486,38 @@ class SpecPreprocess:
         out = ((x - mean) / std).to(torch.float32)
         return out
 
-    def update(self, image: Tensor, base: Tensor, box: tuple[int, int, int, int]) -> Tensor:
+    def update(
+        self,
+        image: Tensor,
+        base: Tensor,
+        box: tuple[int, int, int, int],
+        offset: tuple[int, int] = (0, 0),
+        full_size: tuple[int, int] | None = None,
+    ) -> Tensor:
         """``self(image)`` given ``base = self(reference)`` for an image equal to ``image``
         outside the half-open input box ``(x0, y0, x1, y1)``: only the view pixels whose
         taps read the box are recomputed (same arithmetic, identical result). The ``torch``
         backend recomputes everything.
 
         Args:
-            image: ``(3, H, W)``; base: ``(3, h, w)`` from :meth:`__call__`.
+            image: ``(3, H, W)``, or the crop at ``offset = (y0, x0)`` of an input of
+                ``full_size = (H, W)`` holding :meth:`window` of the box (``box``, the
+                geometry and the result refer to the whole input; ``ValueError`` when the
+                crop lacks pixels the taps read).
+            base: ``(3, h, w)`` from :meth:`__call__`.
         """
+        height, width = full_size or (image.shape[-2], image.shape[-1])
         if self.spec.backend == "torch":
+            if (image.shape[-2], image.shape[-1]) != (height, width):
+                raise ValueError("the torch backend recomputes the whole view: pass the image")
             return self(image)
-        height, width = image.shape[-2], image.shape[-1]
         g = self.geometry(height, width)
-        rows, cols = self._computed(g)
-        tv, th, *_ = self._plan(height, width, *g.resized)
-        band_rows = tv.affected(box[1], box[3], rows.start, rows.stop)
-        band_cols = th.affected(box[0], box[2], cols.start, cols.stop)
-        if band_rows is None or band_cols is None:
+        bands = self._band(g, box)
+        if bands is None:
             return base
+        band_rows, band_cols = bands
         plan = self._plan(height, width, *g.resized)
-        pixels = run_plan(image, plan, band_rows, band_cols)
+        pixels = run_plan(image, plan, band_rows, band_cols, offset)
         if self.spec.channels == "BGR":
             pixels = pixels.flip(0)
         band = self._normalize(pixels)
@@ -514,6 +525,33 @@ class SpecPreprocess:
         r0, c0 = band_rows.start - g.top, band_cols.start - g.left
         out[:, r0 : r0 + band.shape[-2], c0 : c0 + band.shape[-1]] = band
         return out
+
+    def _band(self, g: SpecGeometry, box: tuple[int, int, int, int]) -> tuple[slice, slice] | None:
+        """The resized rows and columns of the view whose taps read ``box`` (None: none)."""
+        rows, cols = self._computed(g)
+        tv, th, *_ = self._plan(*g.input_size, *g.resized)
+        band_rows = tv.affected(box[1], box[3], rows.start, rows.stop)
+        band_cols = th.affected(box[0], box[2], cols.start, cols.stop)
+        if band_rows is None or band_cols is None:
+            return None
+        return band_rows, band_cols
+
+    def window(
+        self, height: int, width: int, box: tuple[int, int, int, int]
+    ) -> tuple[int, int, int, int]:
+        """The input box ``(x0, y0, x1, y1)`` that :meth:`update` reads for ``box`` in a
+        ``height x width`` input, joined with ``box`` (the whole input for the ``torch``
+        backend, which recomputes everything)."""
+        if self.spec.backend == "torch":
+            return 0, 0, width, height
+        g = self.geometry(height, width)
+        bands = self._band(g, box)
+        if bands is None:
+            return box
+        tv, th, *_ = self._plan(height, width, *g.resized)
+        y0, y1 = tv.reads(bands[0].start, bands[0].stop)
+        x0, x1 = th.reads(bands[1].start, bands[1].stop)
+        return min(box[0], x0), min(box[1], y0), max(box[2], x1), max(box[3], y1)
 
     def describe(self) -> str:
         """The spec in one line."""

@@ -40,6 +40,14 @@ ROBUST_LOSS = "sum"
 them, i.e. their expectation) or ``worst`` (the variant with the lowest margin only)."""
 
 
+WINDOWED = True
+"""Whether a correction with a lossless codec, ``bases`` and a classifier whose
+preprocessing computes its view from a window (``input_window``) works on that window of
+each image only (the mask's bounding box and the input pixels the view band it reaches
+reads): per step, the work then does not grow with the image's resolution, and the result
+is the same. False forces the full-image path (benchmarks compare the two)."""
+
+
 def robust_ok(criterion: Criterion, logits: Tensor, target: Tensor, reference: Tensor) -> Tensor:
     """``(B,)``: the criterion holds under every variant. ``logits``/``reference``
     ``(B, V, N)``, ``target`` ``(B, V)`` (each variant's own original class)."""
@@ -200,6 +208,16 @@ def _descend(
     masks = [m.to(device) for m in masks]
     state = [s.clone() for s in start]
     boxes = [mask_box(m) for m in masks] if bases is not None and codec.lossless else None
+    windows = _windows(classifier, masks, boxes) if not robust else None
+    full_start = start
+    frames: list[tuple[int, int, int, int]] = []
+    if windows is not None:
+        # Work on each image's window; the full images are put back together at the end.
+        pairs = list(zip(start, masks, windows, strict=True))
+        frames = [(w[1], w[0], s.shape[-2], s.shape[-1]) for s, _, w in pairs]
+        start = [s[:, w[1] : w[3], w[0] : w[2]].clone() for s, _, w in pairs]
+        masks = [m[:, w[1] : w[3], w[0] : w[2]] for _, m, w in pairs]
+        state = [s.clone() for s in start]
     stored: list[Tensor] = [s for s in start]
     initial: list[Tensor] = [s for s in start]
     success = torch.zeros(n, dtype=torch.bool)
@@ -227,6 +245,13 @@ def _descend(
             if variant_logits is None:
                 variant_logits = every.detach().new_zeros(n, *every.shape[1:])
             variant_logits[active] = every.detach()
+        elif windows is not None:
+            logits = cast(Any, classifier).logits(seen, *part, [frames[i] for i in active])
+            if reference is None:
+                ref = torch.softmax(logits.detach(), 1)
+            else:
+                ref = reference.to(device)[active]
+            ok = criterion(logits.detach(), target[active], ref).cpu()
         else:
             logits = classifier.logits(seen, *part)
             if reference is None:
@@ -273,6 +298,8 @@ def _descend(
     for s in state:
         s.requires_grad_(False)
     assert initial_logits is not None and final_logits is not None
+    if windows is not None:
+        state, stored, initial = _paste(codec, full_start, windows, state, stored)
     if robust:
         return RobustResult(
             images=[s.detach() for s in state],
@@ -293,6 +320,49 @@ def _descend(
         initial_logits=initial_logits,
         logits=final_logits,
     )
+
+
+def _windows(
+    classifier: Classifier,
+    masks: Sequence[Tensor],
+    boxes: Sequence[tuple[int, int, int, int] | None] | None,
+) -> list[tuple[int, int, int, int]] | None:
+    """Each image's window ``(x0, y0, x1, y1)`` for the windowed path (the whole image
+    where the mask is empty), or None for the full path (see :data:`WINDOWED`)."""
+    input_window = getattr(classifier, "input_window", None)
+    if not WINDOWED or boxes is None or input_window is None:
+        return None
+    windows = []
+    for m, box in zip(masks, boxes, strict=True):
+        h, w = m.shape[-2], m.shape[-1]
+        window = (0, 0, w, h) if box is None else input_window(h, w, box)
+        if window is None:
+            return None
+        windows.append(tuple(int(v) for v in window))
+    return windows  # type: ignore[return-value]
+
+
+def _paste(
+    codec: Codec,
+    full: Sequence[Tensor],
+    windows: Sequence[tuple[int, int, int, int]],
+    state: Sequence[Tensor],
+    stored: Sequence[Tensor],
+) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+    """The full images ``(images, stored, initial)`` of a windowed correction: outside its
+    window each image is its start (as stored: the codec's round trip, done once)."""
+    images, stored_full, initial = [], [], []
+    with torch.no_grad():
+        for f, (x0, y0, x1, y1), s, st in zip(full, windows, state, stored, strict=True):
+            image = f.clone()
+            image[:, y0:y1, x0:x1] = s.detach()
+            first = codec.roundtrip(f).detach()
+            last = first.clone()
+            last[:, y0:y1, x0:x1] = st
+            images.append(image)
+            stored_full.append(last)
+            initial.append(first)
+    return images, stored_full, initial
 
 
 @dataclass(frozen=True)
