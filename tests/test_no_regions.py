@@ -44,3 +44,20 @@ def test_summary_counts_no_regions(tmp_path):
     )
     assert res.exit_code == 0, res.output
     assert "no_regions" in res.output and "not anonymized" in res.output
+
+
+def test_no_regions_is_not_failed_for_a_margin_the_original_lacks(tiny, synth_batch):
+    """An image with nothing to anonymize, stored losslessly, is the input itself: a
+    criterion the original misses (here a 50-logit margin) cannot make it `failed`; a lossy
+    re-encode, which changes the pixels, is still checked."""
+    from adaptanon import Codec, SameClass, Settings, Status
+    from adaptanon.method import process_batch
+    from adaptanon.regions import ExplicitBoxes
+
+    names = ["a.png", "b.png"]
+    png = Settings(criterion=SameClass(50.0))
+    outs = process_batch(tiny, ExplicitBoxes({}), png, names, synth_batch[:2])
+    assert [o.status for o in outs] == [Status.NO_REGIONS, Status.NO_REGIONS]
+    jpg = Settings(criterion=SameClass(50.0), codec=Codec("jpg", 75))
+    outs = process_batch(tiny, ExplicitBoxes({}), jpg, names, synth_batch[:2])
+    assert [o.status for o in outs] == [Status.FAILED, Status.FAILED]

@@ -259,9 +259,12 @@ def process_batch(
         out.data, problem = encode_verified(settings.codec, result.images[j], result.stored[j])
         undone = settings.strength.undone(boxes, plain, final)
         weak = settings.strength.weak(boxes, final)
+        # Nothing to anonymize and a lossless file: its pixels are the input's, so its
+        # decision is the original's whatever margin the original itself had.
+        as_input = not rec.regions and settings.codec.lossless
         if problem:
             rec.status, rec.error = Status.FAILED, problem
-        elif not bool(result.success[j]):
+        elif not bool(result.success[j]) and not as_input:
             rec.status = Status.FAILED
             rec.error = f"criterion {settings.criterion.describe()} not met after {rec.steps} steps"
             if worst:
