@@ -8,7 +8,16 @@ from adaptanon.method.criteria import (
     SameClass,
     parse_criterion,
 )
-from adaptanon.method.filters import FILTERS, Blur, Filter, Mask, Mosaic, anonymize, parse_filter
+from adaptanon.method.filters import (
+    FILTERS,
+    Blur,
+    Filter,
+    Mask,
+    Mosaic,
+    Yang,
+    anonymize,
+    parse_filter,
+)
 from adaptanon.method.metrics import RegionStrength, StrengthLimits, region_strength
 from adaptanon.method.pipeline import Outcome, OutcomeImages, Settings, process_batch
 from adaptanon.method.solvers import GradientSolver, Solver, SolverResult, correct
@@ -30,6 +39,7 @@ __all__ = [
     "Settings",
     "Solver",
     "SolverResult",
+    "Yang",
     "StrengthLimits",
     "anonymize",
     "correct",
