@@ -24,7 +24,7 @@ from docs_section import update_section
 
 ROOT = Path(__file__).resolve().parent.parent
 ALPHAS = "0.025,0.05,0.1,0.25,0.5,0.75,1,1.5,2"
-MODELS = "efficientnet_lite0,efficientnet_lite1,efficientnet_lite2"
+MODELS = "mobilenet_v2,efficientnet_lite0,efficientnet_lite1,efficientnet_lite2"
 
 # Quoted from the paper (Tables 1-3), for comparison only.
 PAPER_TABLE1 = {  # alpha: (not corrected, % not corrected, % vulnerable final); 15.94% initial
