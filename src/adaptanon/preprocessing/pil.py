@@ -24,6 +24,7 @@ from adaptanon.preprocessing.resample import crop_reads
 
 _PRECISION_BITS = 22  # Pillow's fixed-point precision for 8-bit images (Resample.c)
 _MAX_DENSE_ENTRIES = 1 << 22  # largest dense resampling matrix (float64: 32 MiB)
+_DENSE_BAND = 4  # a band of up to this many times K outputs resamples with a dense matrix
 
 MAX_RESIZED_PIXELS = 100_000_000
 """Largest image :meth:`Preprocess.geometry` resizes to before cropping. Only the crop is
@@ -106,8 +107,11 @@ def _axis_plan(
     matrix = None
     n = stop - start
     # Dense only while it stays small: an upscaled axis (a 10-pixel side resized to 256000)
-    # would otherwise ask for an n x in_size matrix (20 GB). Both paths sum exactly.
-    if last - first <= 3 * n and n * (last - first) <= _MAX_DENSE_ENTRIES:
+    # would otherwise ask for an n x in_size matrix (20 GB). Both paths sum exactly. A
+    # strong downscale gathers K taps per output along the axis, slow along columns: a
+    # narrow band (what update computes) is then cheaper as a product with n x span.
+    span, k = last - first, index.shape[1]
+    if (span <= 3 * n or n <= _DENSE_BAND * k) and n * span <= _MAX_DENSE_ENTRIES:
         matrix = torch.zeros(n, last - first, dtype=torch.float64)
         matrix.scatter_add_(1, index, weight)
         matrix = matrix.to(device)
