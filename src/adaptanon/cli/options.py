@@ -19,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from adaptanon.classifiers import DEFAULT_MODEL, Classifier, load_classifier
 from adaptanon.classifiers.registry import BUILTIN_MODELS
 from adaptanon.engines import resolve_device
+from adaptanon.engines.verify import FileCheck
 from adaptanon.io import FORMATS, Codec, InputImage, collect_inputs
 from adaptanon.io.codecs import FORMAT_ALIASES
 from adaptanon.io.images import DEFAULT_MAX_PIXELS, pixel_limit
@@ -117,6 +118,12 @@ def method_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "a preset (torchvision-pil [the default], torchvision-pil-bicubic, "
             "torchvision-tensor, opencv-squash, opencv-area-squash, caffe-opencv, "
             "yolo-letterbox), a JSON file, or inline JSON (see README, 'Your loader').",
+        ),
+        click.option(
+            "--class-names",
+            type=click.Path(exists=True, dir_okay=False),
+            default=None,
+            help="File of class names for --model: one per line, or a JSON list.",
         ),
         click.option(
             "--regions",
@@ -405,18 +412,47 @@ def _uses_preprocess(classifier: Classifier, preprocess: SpecPreprocess | None) 
     return classifier
 
 
-def load_model(spec: str, device: str) -> Classifier:
+def load_model(spec: str, device: str, class_names: str | None = None) -> Classifier:
     """The classifier on its device, with CLI-friendly errors (a factory that raises gives
-    a usage error with its message)."""
+    a usage error with its message). ``class_names`` (a file) defaults to the running
+    command's ``--class-names``."""
     target = device_option(device)
+    if class_names is None:
+        ctx = click.get_current_context(silent=True)
+        class_names = ctx.params.get("class_names") if ctx is not None else None
     if "" not in sys.path and ":" in spec:
         sys.path.insert(0, "")  # a factory module in the current folder, as `python -m` finds it
     preprocess = preprocess_option(spec)
     try:
-        classifier = load_classifier(spec, preprocess=preprocess).to(target)
+        classifier = load_classifier(spec, class_names=class_names, preprocess=preprocess).to(
+            target
+        )
     except Exception as exc:  # noqa: BLE001 - any failure of user model code is a usage error
         raise click.BadParameter(f"{type(exc).__name__}: {exc}", param_hint="--model") from exc
     return _uses_preprocess(classifier, preprocess)
+
+
+def verify_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--verify-with``, for the commands that write files."""
+    return click.option(
+        "--verify-with",
+        default=None,
+        metavar="MODULE:FUNCTION",
+        help="Your own check: a function that takes a written file's path and returns its "
+        "class index. Files it disagrees on go under OUT/_failed/ with status failed.",
+    )(func)
+
+
+def load_verifier(spec: str | None) -> FileCheck | None:
+    """The ``--verify-with`` check, with a usage error when it cannot be imported."""
+    if spec is None:
+        return None
+    if "" not in sys.path:
+        sys.path.insert(0, "")  # a module in the current folder, as for --model
+    try:
+        return FileCheck.load(spec)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--verify-with") from exc
 
 
 def file_digest(path: Path) -> str:
