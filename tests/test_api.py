@@ -23,6 +23,7 @@ from adaptanon import (
     Mask,
     ProbabilityDistance,
     SameClass,
+    Settings,
     Status,
     TorchClassifier,
     correct,
@@ -158,3 +159,12 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(code.group(1), "README.md", "exec"), {})
     assert Image.open(tmp_path / "astronaut.png").size == (512, 512)
+
+
+def test_settings_given_whole_are_kept_when_one_part_is_overridden(tiny):
+    from adaptanon.method.metrics import StrengthLimits
+
+    settings = Settings(strength=StrengthLimits(max_ssim=0.9), robust=False)
+    anon = Anonymizer(tiny, settings=settings, filter=Mask(0.2), device="cpu")
+    assert anon.settings.strength == StrengthLimits(max_ssim=0.9)
+    assert anon.settings.filter == Mask(0.2) and anon.settings.codec == settings.codec

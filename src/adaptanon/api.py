@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -50,13 +51,13 @@ class Anonymizer:
         batch_size: int | None = None,
     ) -> None:
         base = settings or Settings()
-        self.settings = Settings(
+        self.settings = replace(
+            base,
             filter=filter or base.filter,
             shape=shape or base.shape,
             criterion=criterion or base.criterion,
             solver=solver or base.solver,
             codec=Codec(codec) if isinstance(codec, str) else (codec or base.codec),
-            robust=base.robust,
         )
         self.regions = parse_region_source(regions) if isinstance(regions, str) else regions
         target = resolve_device(device) if isinstance(device, str) else device
