@@ -309,3 +309,51 @@ def test_file_check_sees_the_bytes_with_the_extension():
     verify(rec, b"other", ".png")
     assert rec.status == Status.FAILED and "mine gives class 4" in rec.error
     assert (verify.checked, verify.disagreed) == (2, 1)
+
+
+SPEC = {
+    "backend": "opencv",
+    "interpolation": "linear",
+    "resize": [32, 32],
+    "crop": None,
+    "channels": "BGR",
+    "pixel_range": "0-255",
+    "mean": [104.0, 117.0, 123.0],
+    "std": [58.0, 57.0, 57.0],
+}
+
+
+def opencv_user_scores(path: Path, model: Path) -> np.ndarray:
+    """A production pipeline written out without adaptanon: cv2 reads BGR, squashes to
+    32x32 with INTER_LINEAR, 0-255 floats minus mean over std, onnxruntime runs it."""
+    import cv2
+    import onnxruntime
+
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    x = cv2.resize(bgr, (32, 32), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+    x = (x - np.float32(SPEC["mean"])) / np.float32(SPEC["std"])
+    session = onnxruntime.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x.transpose(2, 0, 1)[None].astype(np.float32)}
+    return session.run(None, feed)[0][0]
+
+
+def test_onnx_with_a_json_preprocessing_spec_keeps_the_production_decision(
+    tiny_onnx, onnx_inputs, tmp_path
+):
+    """An ONNX classifier and a JSON spec (OpenCV resize, squash, BGR, 0-255, own mean and
+    std), no Python written: every file adaptanon writes gets the original's class from the
+    user's own OpenCV + onnxruntime pipeline."""
+    pytest.importorskip("cv2")
+    spec = tmp_path / "loader.json"
+    spec.write_text(json.dumps(SPEC))
+    out = tmp_path / "out"
+    res = anonymize_onnx(tiny_onnx, onnx_inputs, out, "--preprocess", str(spec))
+    assert res.exit_code == 0, res.output
+    recs = read_manifest(out / "manifest.jsonl")
+    assert len(recs) == 6 and {r["status"] for r in recs} <= {"unchanged", "corrected"}
+    assert any(r["status"] == "corrected" for r in recs), "the black mask should flip some"
+    root = onnx_inputs[0]
+    for r in recs:
+        original = int(np.argmax(opencv_user_scores(root / Path(r["input"]).name, tiny_onnx)))
+        written = int(np.argmax(opencv_user_scores(Path(r["output"]), tiny_onnx)))
+        assert original == r["original_class"] == written == r["final_class"]
