@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from adaptanon.preprocessing.resample import crop_reads
+from adaptanon.preprocessing.resample import crop_reads, to_8bit
 
 _PRECISION_BITS = 22  # Pillow's fixed-point precision for 8-bit images (Resample.c)
 _MAX_DENSE_ENTRIES = 1 << 22  # largest dense resampling matrix (float64: 32 MiB)
@@ -74,20 +74,6 @@ class _Round8bit(torch.autograd.Function):
     @staticmethod
     def backward(ctx: object, grad: Tensor) -> Tensor:
         return grad
-
-
-class _To8bit(torch.autograd.Function):
-    """``[0, 1]`` image -> float64 8-bit values ``round(255 x)``; straight-through gradient."""
-
-    @staticmethod
-    def forward(ctx: object, image: Tensor) -> Tensor:
-        ctx.dtype = image.dtype  # type: ignore[attr-defined]
-        # clamp (not clamp_): for a float64 input .to() returns the caller's own tensor.
-        return image.to(torch.float64).clamp(0.0, 1.0).mul_(255.0).round_()
-
-    @staticmethod
-    def backward(ctx: object, grad: Tensor) -> Tensor:
-        return (grad * 255.0).to(ctx.dtype)  # type: ignore[attr-defined]
 
 
 @lru_cache(maxsize=512)
@@ -207,7 +193,7 @@ def pil_resize(
     plan_h = _axis_plan(in_w, out_w, cols.start or 0, cols.stop, image.device)
     plan_v = _axis_plan(in_h, out_h, rows.start or 0, rows.stop, image.device)
     # Only the input rows and columns the two passes read are converted and resampled.
-    x = _To8bit.apply(crop_reads(image, plan_v[:2], plan_h[:2], offset))
+    x = to_8bit(crop_reads(image, plan_v[:2], plan_h[:2], offset))
     return _resize_8bit(x, plan_v, plan_h, pil_vertical_first(in_h, in_w, out_h, out_w))
 
 
