@@ -15,19 +15,17 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from cli_run import ROOT, run_anonymize
 from docs_section import update_section
 from PIL import Image
 
 from adaptanon.classifiers import efficientnet_lite
 
-ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = [
     ("blur", "png", []),
     ("mask", "png", []),
@@ -64,24 +62,12 @@ def plain_classes(model: torch.nn.Module, paths: list[Path], batch: int = 32) ->
 
 
 def run_config(images: Path, out: Path, filt: str, fmt: str, extra: list[str], limit: int | None):
-    """Run the CLI for one configuration; returns (records, seconds)."""
+    """Run the CLI for one configuration; returns (records, seconds, command)."""
     inputs = [str(images)]
     if limit:
         inputs = [str(p) for p in sorted(images.glob("*.JPEG"))[:limit]]
-    shown = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
-    cmd = [
-        "adaptanon", "anonymize", *inputs, "-o", str(shown),
-        "--filter", filt, "--format", fmt, "--regions", "saliency", "--alpha", "0.1", "-q",
-        *extra,
-    ]  # fmt: skip
-    start = time.perf_counter()
-    exe = [str(ROOT / ".venv/bin/adaptanon"), *cmd[1:]]
-    proc = subprocess.run(exe, capture_output=True, text=True, cwd=ROOT)
-    seconds = time.perf_counter() - start
-    if proc.returncode not in (0, 1):
-        sys.exit(f"command failed: {' '.join(cmd)}\n{proc.stderr}")
-    lines = (out / "manifest.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines], seconds, " ".join(cmd)
+    options = ["--filter", filt, "--format", fmt, "--regions", "saliency", "--alpha", "0.1", "-q"]
+    return run_anonymize(inputs, out, options + extra)
 
 
 def main() -> None:

@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +33,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from cli_run import run_anonymize
 from docs_section import update_section
 from PIL import Image
 
@@ -143,25 +143,8 @@ def classes(model: torch.nn.Module, paths: list[Path], batch: int = 32) -> np.nd
 
 def run_mode(inputs: list[str], out: Path, extra: list[str]) -> tuple[list[dict], float, str]:
     """Run the CLI; returns (records, seconds, command)."""
-    shown = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
-    cmd = [
-        "adaptanon", "anonymize", *inputs, "-o", str(shown), "--filter", "blur",
-        "--format", "png", "--regions", "saliency", "-q", *extra,
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [str(ROOT / ".venv/bin/adaptanon"), *cmd[1:]],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=env,
-    )
-    seconds = time.perf_counter() - start
-    if proc.returncode not in (0, 1):
-        sys.exit(f"command failed: {' '.join(cmd)}\n{proc.stderr}")
-    lines = (out / "manifest.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines], seconds, " ".join(cmd)
+    options = ["--filter", "blur", "--format", "png", "--regions", "saliency", "-q"]
+    return run_anonymize(inputs, out, options + extra, threads=1)
 
 
 def main() -> None:
