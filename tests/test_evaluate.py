@@ -53,7 +53,7 @@ def means_classifier() -> TorchClassifier:
     the class is the channel with the largest mean. 32x32 inputs pass unchanged."""
     model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     pre = Preprocess(resize=32, crop=32, mean=(0.5,) * 3, std=(0.5,) * 3)
-    return TorchClassifier(model, pre, name="means", class_names=("red", "green", "blue"))
+    return TorchClassifier(model.eval(), pre, name="means", class_names=("red", "green", "blue"))
 
 
 def tiny_classifier() -> TorchClassifier:

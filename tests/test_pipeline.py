@@ -106,7 +106,7 @@ def test_saliency_without_view_geometry_is_a_per_image_error(synth_batch):
     """A classifier whose preprocessing is a plain callable has no view geometry: saliency
     regions cannot be placed, which is an `error` for each image, not a crash."""
     model = nn.Sequential(nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(48, 5))
-    clf = TorchClassifier(model, lambda img: img.to(torch.float32), name="plain")
+    clf = TorchClassifier(model.eval(), lambda img: img.to(torch.float32), name="plain")
     imgs = [synth_batch[2], synth_batch[2].flip(-1)]  # same size: the model stacks them
     outs = process_batch(clf, SaliencyBox(8), Settings(), ["a.png", "b.png"], imgs)
     assert [o.status for o in outs] == [ERROR, ERROR]

@@ -242,7 +242,7 @@ def rounding_case():
     (round(0.4) = 0) and fails; after two steps the stored pixels are 1 (12 * 1 > 3).
     """
     model = RegionSum(slice(3, 5), slice(3, 5), weight=255.0, threshold=3.0)
-    clf = TorchClassifier(model, identity_preprocess, name="region-sum")
+    clf = TorchClassifier(model.eval(), identity_preprocess, name="region-sum")
     image = torch.zeros(3, 8, 8)
     mask = torch.zeros(1, 8, 8, dtype=torch.bool)
     mask[:, 3:5, 3:5] = True
