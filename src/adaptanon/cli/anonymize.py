@@ -265,8 +265,9 @@ def anonymize(
     """Anonymize INPUT files, folders (recursively) or globs into OUT.
 
     Writes OUT/manifest.jsonl. Exits 0 when every image is unchanged, corrected or had no
-    region (no_regions), 1 if any image failed or could not be read or the disk is full or
-    read-only, 2 on a usage error (another run writing into OUT included), 130 on Ctrl-C.
+    region (no_regions), 1 if any image failed, was weakly anonymized (weak) or could not be
+    read, or the disk is full or read-only, 2 on a usage error (another run writing into OUT
+    included), 130 on Ctrl-C.
     """
     ray_only = ("address", "ray_actors", "ray_gpus_per_actor")
     if kw.get("engine") != "ray" and any(kw.get(name) for name in ray_only):
