@@ -23,7 +23,7 @@ import onnx_user  # noqa: E402
 import tiny_factory  # noqa: E402
 
 import adaptanon.classifiers.onnx_torch as onnx_torch  # noqa: E402
-from adaptanon.classifiers import load_classifier, read_class_names  # noqa: E402
+from adaptanon.classifiers import UntrustedModel, load_classifier, read_class_names  # noqa: E402
 from adaptanon.classifiers.formats import OneByOne, load_onnx  # noqa: E402
 from adaptanon.cli import main  # noqa: E402
 from adaptanon.engines.verify import FileCheck  # noqa: E402
@@ -188,7 +188,9 @@ def test_exported_program_pt2(tmp_path):
     torch.export.save(torch.export.export(net, (torch.rand(1, 3, 32, 32),)), str(path))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "training mode" warning
-        clf = load_classifier(str(path), class_names=[f"c{i}" for i in range(10)])
+        clf = load_classifier(
+            str(path), class_names=[f"c{i}" for i in range(10)], trust_model=True
+        )
     assert clf.preprocess == Preprocess(resize=37, crop=32)
     assert clf.class_name(3) == "c3"
     x = torch.randn(3, 3, 32, 32)  # exported for batch 1: run one by one
@@ -357,3 +359,45 @@ def test_onnx_with_a_json_preprocessing_spec_keeps_the_production_decision(
         original = int(np.argmax(opencv_user_scores(root / Path(r["input"]).name, tiny_onnx)))
         written = int(np.argmax(opencv_user_scores(Path(r["output"]), tiny_onnx)))
         assert original == r["original_class"] == written == r["final_class"]
+
+
+class _Writes(nn.Module):
+    """A TorchScript model that overwrites a file of the user's whenever it runs: what an
+    untrusted model file can do."""
+
+    def __init__(self, victim: str) -> None:
+        super().__init__()
+        self.victim = victim
+        self.head = nn.Linear(3, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        written = torch.from_file(self.victim, shared=True, size=4, dtype=torch.uint8).fill_(0)
+        return self.head(x.mean((2, 3))) + written.sum()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_code_model_files_need_trust_model(tmp_path, monkeypatch):
+    """TorchScript and .pt2 files are code: refused, before they are opened, without the
+    opt-in, from Python and from the CLI (a usage error naming the safe formats)."""
+    victim = tmp_path / "precious.txt"
+    victim.write_bytes(b"keep")
+    evil = tmp_path / "evil.pt"
+    torch.jit.save(torch.jit.script(_Writes(str(victim))), str(evil))
+    program = tmp_path / "tiny.pt2"
+    net = tiny_factory.tiny_net()
+    torch.export.save(torch.export.export(net, (torch.rand(1, 3, 32, 32),)), str(program))
+    for path, kind in ((evil, "TorchScript file"), (program, "torch.export program")):
+        with pytest.raises(UntrustedModel, match=f"is a {kind}.*--trust-model.*ONNX file"):
+            load_classifier(str(path))
+    photos = tmp_path / "in"
+    photos.mkdir()
+    save_png(make_image(40, 48), photos / "a.png")
+    args = ["anonymize", str(photos), "-o", str(tmp_path / "out"), "--model", str(evil)]
+    res = CliRunner().invoke(main, [*args, "--regions", "saliency:4", "-q"])
+    assert res.exit_code == 2 and "--trust-model" in res.output
+    assert victim.read_bytes() == b"keep" and not (tmp_path / "out").exists()
+    # With the opt-in the file loads and runs: here it does what it was written to do.
+    trusted = load_classifier(str(evil), trust_model=True)
+    with torch.no_grad():
+        trusted.logits([torch.rand(3, 40, 48)])
+    assert victim.read_bytes() == bytes(4)

@@ -135,7 +135,7 @@ def test_load_classifier_forms(tiny, tmp_path):
     model = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
     path = tmp_path / "m.pt"
     torch.jit.save(torch.jit.script(model), str(path))
-    ts = load_classifier(str(path), preprocess=Preprocess(4, 4))
+    ts = load_classifier(str(path), preprocess=Preprocess(4, 4), trust_model=True)
     x = torch.rand(3, 6, 6)
     assert ts.logits([x]).shape == (1, 3) and ts.name == "m.pt"
     for bad in ("no_such_model", "tiny_factory:nope", "no_such_module_xyz:make", "missing.pt"):

@@ -27,13 +27,16 @@ class Anonymizer:
     ``class`` criterion, PNG.
 
     Args:
-        model: a built-in name, a TorchScript file, ``module:function``, or a classifier.
+        model: a built-in name, an ONNX file, a TorchScript or ``.pt2`` file (with
+            ``trust_model=True``: such files are code), ``module:function``, or a classifier.
         regions: where to anonymize when a call gives no boxes: a region source or its
             CLI spec (``saliency``, ``saliency:SIZE``, ``boxes=FILE``).
         settings: filter, shape, criterion, solver and codec together; or give any of
             ``filter``, ``shape``, ``criterion``, ``solver``, ``codec`` to change one.
         device: ``auto`` (CUDA when available), ``cpu``, ``cuda:N``...
         batch_size: images per pass (default 8 on CPU, 64 on CUDA).
+        trust_model: allow a TorchScript or ``.pt2`` model file (code that runs when
+            loaded); without it such a file is refused.
     """
 
     def __init__(
@@ -49,6 +52,7 @@ class Anonymizer:
         codec: Codec | str | None = None,
         device: str | torch.device = "auto",
         batch_size: int | None = None,
+        trust_model: bool = False,
     ) -> None:
         base = settings or Settings()
         self.settings = replace(
@@ -61,7 +65,7 @@ class Anonymizer:
         )
         self.regions = parse_region_source(regions) if isinstance(regions, str) else regions
         target = resolve_device(device) if isinstance(device, str) else device
-        self.classifier = load_classifier(model).to(target)
+        self.classifier = load_classifier(model, trust_model=trust_model).to(target)
         self.batch_size = batch_size or default_batch_size(self.classifier.device)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")

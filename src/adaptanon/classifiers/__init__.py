@@ -11,7 +11,12 @@ from adaptanon.classifiers.efficientnet_lite import (
 )
 from adaptanon.classifiers.formats import load_exported, load_onnx, read_class_names
 from adaptanon.classifiers.mobilenet_v2 import MobileNetV2, mobilenet_v2
-from adaptanon.classifiers.registry import BUILTIN_MODELS, load_classifier, set_class_names
+from adaptanon.classifiers.registry import (
+    BUILTIN_MODELS,
+    UntrustedModel,
+    load_classifier,
+    set_class_names,
+)
 
 __all__ = [
     "BUILTIN_MODELS",
@@ -19,6 +24,7 @@ __all__ = [
     "Classifier",
     "MobileNetV2",
     "TorchClassifier",
+    "UntrustedModel",
     "efficientnet_lite",
     "imagenet_class_names",
     "load_classifier",

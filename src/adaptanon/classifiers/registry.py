@@ -37,12 +37,26 @@ BUILTIN_LOADERS: dict[str, Callable[[], TorchClassifier]] = {
 }
 TORCHSCRIPT_SUFFIXES = {".pt", ".pth", ".ts", ".torchscript"}
 
+SAFE_FORMATS = "a built-in model (see `adaptanon models`) or an ONNX file"
+
+
+class UntrustedModel(ValueError):
+    """A model file that is code (TorchScript, ``torch.export`` program) was given without
+    ``trust_model=True`` (``--trust-model``): loading it could run anything with the
+    user's rights, so it is refused before it is opened."""
+
+    def __init__(self, path: Path, kind: str) -> None:
+        super().__init__(
+            f"{path.name} is a {kind}, which is code: loading it can run arbitrary operations "
+            "(write or delete your files). Load it only if you trust its source, with "
+            f"--trust-model (Python: trust_model=True); files that load as data are "
+            f"{SAFE_FORMATS}"
+        )
+
 
 def load_torchscript(path: Path, preprocess: PreprocessFn | None = None) -> TorchClassifier:
     """A TorchScript file as a classifier. A TorchScript file is code: load only files
     from a trusted source."""
-    if not path.is_file():
-        raise ValueError(f"model file not found: {path}")
     module = torch.jit.load(str(path), map_location="cpu")
     module.eval()
     return TorchClassifier(module, preprocess or Preprocess(), name=path.name)
@@ -74,6 +88,8 @@ def load_classifier(
     spec: str | Classifier,
     preprocess: PreprocessFn | None = None,
     class_names: Sequence[str] | str | Path | None = None,
+    *,
+    trust_model: bool = False,
 ) -> Classifier:
     """Resolve a classifier from a name, a model file or a ``module:function`` factory.
 
@@ -103,10 +119,15 @@ def load_classifier(
         path = Path(spec)
         if path.suffix in ONNX_SUFFIXES:
             classifier = load_onnx(path, preprocess)
-        elif path.suffix in EXPORT_SUFFIXES:
-            classifier = load_exported(path, preprocess)
-        elif path.suffix in TORCHSCRIPT_SUFFIXES or path.is_file():
-            classifier = load_torchscript(path, preprocess)
+        elif path.suffix in EXPORT_SUFFIXES | TORCHSCRIPT_SUFFIXES or path.is_file():
+            if not path.is_file():
+                raise ValueError(f"model file not found: {path}")
+            exported = path.suffix in EXPORT_SUFFIXES
+            if not trust_model:
+                kind = "torch.export program (.pt2)" if exported else "TorchScript file"
+                raise UntrustedModel(path, kind)
+            load = load_exported if exported else load_torchscript
+            classifier = load(path, preprocess)
         elif ":" in spec:
             classifier = load_factory(spec, preprocess)
         else:
@@ -142,4 +163,10 @@ def set_class_names(classifier: Classifier, names: Sequence[str]) -> None:
     classifier.class_names = list(names)
 
 
-__all__ = ["BUILTIN_MODELS", "DEFAULT_MODEL", "load_classifier", "set_class_names"]
+__all__ = [
+    "BUILTIN_MODELS",
+    "DEFAULT_MODEL",
+    "UntrustedModel",
+    "load_classifier",
+    "set_class_names",
+]

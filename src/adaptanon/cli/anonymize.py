@@ -107,7 +107,11 @@ def run_on_ray(
             f"--engine ray needs Ray ({exc}): pip install 'adaptanon[ray]'"
         ) from exc
     model = ray_engine.ModelSpec(
-        kw["model"], kw["device"], kw.get("class_names"), preprocess_option(kw["model"])
+        kw["model"],
+        kw["device"],
+        kw.get("class_names"),
+        preprocess_option(kw["model"]),
+        trust_model=bool(kw.get("trust_model")),
     )
     try:
         return ray_engine.run(

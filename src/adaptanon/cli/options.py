@@ -16,7 +16,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from adaptanon.classifiers import DEFAULT_MODEL, Classifier, load_classifier
+from adaptanon.classifiers import DEFAULT_MODEL, Classifier, UntrustedModel, load_classifier
 from adaptanon.classifiers.registry import BUILTIN_MODELS
 from adaptanon.engines import resolve_device
 from adaptanon.engines.verify import FileCheck
@@ -104,10 +104,15 @@ def method_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "--model",
             default=DEFAULT_MODEL,
             show_default=True,
-            help="Built-in name (see `adaptanon models`), TorchScript file, or module:function. "
-            "A TorchScript file or a module:function factory is code that runs with your "
-            "rights: use only ones from a trusted source (built-in models load weights-only "
-            "state dicts).",
+            help="Built-in name (see `adaptanon models`), ONNX file, .pt2 or TorchScript file "
+            "(needs --trust-model), or module:function (your own code). Built-in models and "
+            "ONNX files load as data.",
+        ),
+        click.option(
+            "--trust-model",
+            is_flag=True,
+            help="Load a TorchScript or .pt2 model file: such a file is code that can run "
+            "anything with your rights when loaded. Without this flag it is refused.",
         ),
         click.option(
             "--preprocess",
@@ -412,6 +417,12 @@ def _uses_preprocess(classifier: Classifier, preprocess: SpecPreprocess | None) 
     return classifier
 
 
+def trust_option() -> bool:
+    """The running command's ``--trust-model``."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx.params.get("trust_model")) if ctx is not None else False
+
+
 def load_model(spec: str, device: str, class_names: str | None = None) -> Classifier:
     """The classifier on its device, with CLI-friendly errors (a factory that raises gives
     a usage error with its message). ``class_names`` (a file) defaults to the running
@@ -424,9 +435,11 @@ def load_model(spec: str, device: str, class_names: str | None = None) -> Classi
         sys.path.insert(0, "")  # a factory module in the current folder, as `python -m` finds it
     preprocess = preprocess_option(spec)
     try:
-        classifier = load_classifier(spec, class_names=class_names, preprocess=preprocess).to(
-            target
-        )
+        classifier = load_classifier(
+            spec, class_names=class_names, preprocess=preprocess, trust_model=trust_option()
+        ).to(target)
+    except UntrustedModel as exc:
+        raise click.BadParameter(str(exc), param_hint="--model") from exc
     except Exception as exc:  # noqa: BLE001 - any failure of user model code is a usage error
         raise click.BadParameter(f"{type(exc).__name__}: {exc}", param_hint="--model") from exc
     return _uses_preprocess(classifier, preprocess)

@@ -43,7 +43,7 @@ from adaptanon.regions import RegionSource
 @dataclass(frozen=True)
 class ModelSpec:
     """How each actor builds its classifier, as ``--model`` does: ``load_classifier(spec,
-    preprocess, class_names)`` moved to ``device`` (``auto``: the GPU Ray gave the actor,
+    preprocess, class_names, trust_model=...)`` moved to ``device`` (``auto``: the GPU Ray gave the actor,
     else the CPU). ``paths`` are put on the actor's ``sys.path`` first (the driver's
     working folder, where a ``module:function`` factory may live)."""
 
@@ -51,13 +51,16 @@ class ModelSpec:
     device: str = "auto"
     class_names: str | None = None
     preprocess: Any = None
+    trust_model: bool = False
     paths: tuple[str, ...] = field(default_factory=lambda: (os.getcwd(),))
 
     def __call__(self) -> Classifier:
         for path in reversed(self.paths):
             if path not in sys.path:
                 sys.path.insert(0, path)
-        model = load_classifier(self.spec, self.preprocess, self.class_names)
+        model = load_classifier(
+            self.spec, self.preprocess, self.class_names, trust_model=self.trust_model
+        )
         return model.to(resolve_device(self.device))
 
 
