@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from adaptanon.classifiers import Classifier
+from adaptanon.classifiers.base import TunedClassifier, VariantClassifier, WindowedClassifier
+from adaptanon.classifiers.precision import search_precision
 from adaptanon.io.codecs import Codec
 from adaptanon.method.criteria import Criterion, SameClass, logit_margin
 from adaptanon.method.solvers.base import Solver, SolverResult
@@ -82,9 +84,8 @@ def normalized_step(grad: Tensor, mask: Tensor, alpha: float) -> Tensor:
     """
     g = torch.where(mask, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
     peak = g.abs().max()
-    if peak == 0:
-        return torch.zeros_like(g)
-    return -alpha * g / peak
+    # Without a branch on peak, so that the host need not wait for the device.
+    return -alpha * g / torch.where(peak == 0, torch.ones_like(peak), peak)
 
 
 def mask_box(mask: Tensor) -> tuple[int, int, int, int] | None:
@@ -146,7 +147,7 @@ def correct(
         ``max_steps`` or whose gradient vanished.
     """
     check_step_params(alpha, max_steps, delta)
-    if target.dim() == 2 and not hasattr(classifier, "variant_logits"):
+    if target.dim() == 2 and not isinstance(classifier, VariantClassifier):
         raise ValueError("a (B, V) target needs a classifier with variant_logits (--robust)")
     criterion = criterion or SameClass()
     if criterion.needs_reference and reference is None:
@@ -220,45 +221,50 @@ def _descend(
         state = [s.clone() for s in start]
     stored: list[Tensor] = [s for s in start]
     initial: list[Tensor] = [s for s in start]
+    if reference is not None:
+        reference = reference.to(device)
     success = torch.zeros(n, dtype=torch.bool)
     steps = torch.zeros(n, dtype=torch.long)
     initial_logits: Tensor | None = None
     final_logits: Tensor | None = None
+    # Gradients through the model: TF32 allowed, cuDNN tuned for its fixed shapes; the
+    # forward passes that decide run in the classifier's own precision (full fp32).
+    gradient_context = (
+        classifier.gradient_context
+        if isinstance(classifier, TunedClassifier)
+        else lambda: search_precision()
+    )
     active = list(range(n))
     for step in range(max_steps + 1):
         leaves = [state[i].requires_grad_(True) for i in active]
         seen = [codec.roundtrip(x) for x in leaves]
-        part = (
-            ([bases[i] for i in active], [boxes[i] for i in active])
-            if boxes is not None and bases is not None
-            else (None, None)
-        )
+        part_bases = [bases[i] for i in active] if boxes is not None and bases is not None else None
+        part_boxes = [boxes[i] for i in active] if boxes is not None and bases is not None else None
+        # The view batch is cut from the preprocessing's graph: the model runs forward and
+        # backward on one fixed-shape tensor, then its gradient goes back to the pixels.
         if robust:
-            every = cast(Any, classifier).variant_logits(seen, *part)
+            variants = cast(VariantClassifier, classifier)
+            inputs = variants.variant_inputs(seen, part_bases, part_boxes)
+            view = inputs.detach().requires_grad_(True)
+            every = variants.variant_forward(view)
             logits = every[:, 0]
-            ref = (
-                torch.softmax(every.detach(), 2)
-                if reference is None
-                else reference.to(device)[active]
-            )
-            ok = robust_ok(criterion, every.detach(), target[active], ref).cpu()
+            ref = torch.softmax(every.detach(), 2) if reference is None else reference[active]
+            passed = robust_ok(criterion, every.detach(), target[active], ref)
             if variant_logits is None:
                 variant_logits = every.detach().new_zeros(n, *every.shape[1:])
             variant_logits[active] = every.detach()
-        elif windows is not None:
-            logits = cast(Any, classifier).logits(seen, *part, [frames[i] for i in active])
-            if reference is None:
-                ref = torch.softmax(logits.detach(), 1)
-            else:
-                ref = reference.to(device)[active]
-            ok = criterion(logits.detach(), target[active], ref).cpu()
         else:
-            logits = classifier.logits(seen, *part)
-            if reference is None:
-                ref = torch.softmax(logits.detach(), 1)
+            if windows is not None:
+                inputs = cast(WindowedClassifier, classifier).inputs(
+                    seen, part_bases, part_boxes, [frames[i] for i in active]
+                )
             else:
-                ref = reference.to(device)[active]
-            ok = criterion(logits.detach(), target[active], ref).cpu()
+                inputs = classifier.inputs(seen, part_bases, part_boxes)
+            view = inputs.detach().requires_grad_(True)
+            logits = classifier.forward(view)
+            ref = torch.softmax(logits.detach(), 1) if reference is None else reference[active]
+            passed = criterion(logits.detach(), target[active], ref)
+        ok = passed.cpu()  # the step's one transfer of pass/fail flags
         if initial_logits is None or final_logits is None:
             initial_logits = logits.detach().new_zeros(n, logits.shape[1])
             final_logits = initial_logits.clone()
@@ -276,23 +282,28 @@ def _descend(
             loss = _robust_loss(every[todo], target[active][todo])
         else:
             loss = F.cross_entropy(logits[todo], target[active][todo], reduction="sum")
+        with gradient_context():
+            (view_grad,) = torch.autograd.grad(loss, [view])
         # A region the classifier's view does not reach has no gradient (None): it stops.
         grads = (
-            torch.autograd.grad(loss, [leaves[j] for j in todo], allow_unused=True)
-            if loss.requires_grad
+            torch.autograd.grad([inputs], [leaves[j] for j in todo], [view_grad], allow_unused=True)
+            if inputs.requires_grad
             else [None] * len(todo)
         )
-        still: list[int] = []
-        for j, g in zip(todo, grads, strict=True):
-            i = active[j]
-            if g is None:
-                continue
-            update = normalized_step(g, masks[i], alpha)
-            with torch.no_grad():
+        stepped: list[int] = []
+        moved: list[Tensor] = []
+        with torch.no_grad():
+            for j, g in zip(todo, grads, strict=True):
+                i = active[j]
+                if g is None:
+                    continue
+                update = normalized_step(g, masks[i], alpha)
                 state[i] = project(state[i].detach() + update, start[i], masks[i], delta)
-            if bool(update.abs().max() > 0):
-                still.append(i)
-        active = still
+                stepped.append(i)
+                moved.append(update.abs().max() > 0)
+        # An image whose gradient vanished stops (one transfer for the whole batch).
+        flags = torch.stack(moved).cpu().tolist() if moved else []
+        active = [i for i, m in zip(stepped, flags, strict=True) if m]
         if not active:
             break
     for s in state:
@@ -329,9 +340,9 @@ def _windows(
 ) -> list[tuple[int, int, int, int]] | None:
     """Each image's window ``(x0, y0, x1, y1)`` for the windowed path (the whole image
     where the mask is empty), or None for the full path (see :data:`WINDOWED`)."""
-    input_window = getattr(classifier, "input_window", None)
-    if not WINDOWED or boxes is None or input_window is None:
+    if not WINDOWED or boxes is None or not isinstance(classifier, WindowedClassifier):
         return None
+    input_window = classifier.input_window
     windows = []
     for m, box in zip(masks, boxes, strict=True):
         h, w = m.shape[-2], m.shape[-1]
