@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from adaptanon.preprocessing.geometry import ViewGeometry, check_resized
 from adaptanon.preprocessing.opencv import check_cv_mode, cv_plan
-from adaptanon.preprocessing.pil import ViewGeometry
 from adaptanon.preprocessing.resample import PIL_FILTERS, Plan, pil_plan, run_plan, straight_through
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -391,6 +391,7 @@ class SpecPreprocess:
         """Where the model's view lies in a ``height x width`` input."""
         s = self.spec
         new_h, new_w = self.resized_size(height, width)
+        check_resized(height, width, (new_h, new_w))
         if s.letterbox:
             box_h, box_w = _pair(s.resize)
             top, left = -((box_h - new_h) // 2), -((box_w - new_w) // 2)
@@ -472,7 +473,7 @@ class SpecPreprocess:
         """8-bit values (float64) or ``[0, 1]`` floats -> normalised float32.
 
         8-bit values are normalised in float64 and then rounded to float32 (as
-        :class:`.pil.Preprocess`); float images in their own dtype, as ``Normalize`` does.
+        the usual ImageNet loader does); float images in their own dtype, as ``Normalize`` does.
         """
         s = self.spec
         if self._eight_bit():
