@@ -132,6 +132,14 @@ class TunedClassifier(Classifier, Protocol):
         ...
 
 
+def gradient_context(classifier: Classifier) -> AbstractContextManager[None]:
+    """The context to take gradients through ``classifier.forward`` in: its own
+    (:class:`TunedClassifier`), else :func:`~.precision.search_precision`."""
+    if isinstance(classifier, TunedClassifier):
+        return classifier.gradient_context()
+    return search_precision()
+
+
 @runtime_checkable
 class VariantClassifier(Classifier, Protocol):
     """A :class:`Classifier` seen through ``V`` loaders at once (``--robust``): the solver

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -361,6 +362,12 @@ def parse_preprocess(value: str | PreprocessSpec | dict[str, Any]) -> SpecPrepro
     return SpecPreprocess(parse_spec(value))
 
 
+@lru_cache(maxsize=64)
+def _channels(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``(3, 1, 1)`` per-channel constants on ``device``, made once (not at every call)."""
+    return torch.tensor(values, dtype=dtype, device=device).view(3, 1, 1)
+
+
 @dataclass(frozen=True)
 class SpecPreprocess:
     """A :class:`PreprocessSpec` as the differentiable preprocessing a
@@ -482,10 +489,8 @@ class SpecPreprocess:
         else:
             x = pixels * 255.0 if s.pixel_range == "0-255" else pixels
             dtype = pixels.dtype
-        mean = torch.tensor(s.mean, dtype=dtype, device=x.device).view(3, 1, 1)
-        std = torch.tensor(s.std, dtype=dtype, device=x.device).view(3, 1, 1)
-        out = ((x - mean) / std).to(torch.float32)
-        return out
+        mean, std = _channels(s.mean, dtype, x.device), _channels(s.std, dtype, x.device)
+        return ((x - mean) / std).to(torch.float32)
 
     def update(
         self,

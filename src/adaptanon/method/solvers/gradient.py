@@ -21,8 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from adaptanon.classifiers import Classifier
-from adaptanon.classifiers.base import TunedClassifier, VariantClassifier, WindowedClassifier
-from adaptanon.classifiers.precision import search_precision
+from adaptanon.classifiers.base import VariantClassifier, WindowedClassifier, gradient_context
 from adaptanon.io.codecs import Codec
 from adaptanon.method.criteria import Criterion, SameClass, logit_margin
 from adaptanon.method.solvers.base import Solver, SolverResult
@@ -227,13 +226,6 @@ def _descend(
     steps = torch.zeros(n, dtype=torch.long)
     initial_logits: Tensor | None = None
     final_logits: Tensor | None = None
-    # Gradients through the model: TF32 allowed, cuDNN tuned for its fixed shapes; the
-    # forward passes that decide run in the classifier's own precision (full fp32).
-    gradient_context = (
-        classifier.gradient_context
-        if isinstance(classifier, TunedClassifier)
-        else lambda: search_precision()
-    )
     active = list(range(n))
     for step in range(max_steps + 1):
         leaves = [state[i].requires_grad_(True) for i in active]
@@ -282,7 +274,9 @@ def _descend(
             loss = _robust_loss(every[todo], target[active][todo])
         else:
             loss = F.cross_entropy(logits[todo], target[active][todo], reduction="sum")
-        with gradient_context():
+        # Gradients through the model: TF32 allowed, cuDNN tuned for its fixed shapes; the
+        # forward passes that decide ran in the classifier's own precision (full fp32).
+        with gradient_context(classifier):
             (view_grad,) = torch.autograd.grad(loss, [view])
         # A region the classifier's view does not reach has no gradient (None): it stops.
         grads = (
