@@ -188,6 +188,8 @@ class TorchClassifier:
         fixed_shapes: pad every model batch to :func:`~.precision.bucket_size` rows and
             let cuDNN tune its algorithms for those few shapes (``cudnn.benchmark``
             around the model's calls only); None: on CUDA.
+        batched_windows: recompute the views of a windowed correction for the whole batch
+            at once, when the preprocessing can (``update_many``); None: on CUDA.
 
     The model runs every forward pass in full fp32 (TF32 off, see :mod:`.precision`),
     channels-last on CUDA.
@@ -202,6 +204,7 @@ class TorchClassifier:
     name: str = "custom"
     class_names: Sequence[str] | None = None
     fixed_shapes: bool | None = None
+    batched_windows: bool | None = None
 
     def __post_init__(self) -> None:
         if self.model.training:
@@ -266,13 +269,22 @@ class TorchClassifier:
                 raise ValueError("frames need bases, boxes and a preprocessing with update")
             batch = torch.stack([self.preprocess(img) for img in images])
         elif frames is not None:
-            batch = torch.stack(
-                [
-                    self.preprocess(img)
-                    if box is None
-                    else update(img, base, box, (w[0], w[1]), (w[2], w[3]))
-                    for img, base, box, w in zip(images, bases, boxes, frames, strict=True)
-                ]
+            many = getattr(self.preprocess, "update_many", None)
+            batched = images[0].is_cuda if self.batched_windows is None else self.batched_windows
+            together = None
+            if batched and many is not None and all(box is not None for box in boxes):
+                together = many(images, bases, boxes, frames)
+            batch = (
+                together
+                if together is not None
+                else torch.stack(
+                    [
+                        self.preprocess(img)
+                        if box is None
+                        else update(img, base, box, (w[0], w[1]), (w[2], w[3]))
+                        for img, base, box, w in zip(images, bases, boxes, frames, strict=True)
+                    ]
+                )
             )
         else:
             batch = torch.stack(

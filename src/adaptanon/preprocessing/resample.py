@@ -74,6 +74,17 @@ _DENSE_SPAN = 3  # a pass reading at most this many inputs per output uses a den
 _DENSE_BAND = 4  # ...as does a band of at most this many times K outputs
 
 
+def dense_weights(taps: Taps, start: int, stop: int) -> np.ndarray:
+    """``(n, span)`` float64 matrix of outputs ``start..stop-1`` over the inputs
+    :meth:`Taps.reads` gives for them (a padding tap adds a zero)."""
+    first, last = taps.reads(start, stop)
+    index = taps.index[start:stop] - first
+    matrix = np.zeros((index.shape[0], last - first))
+    rows = np.repeat(np.arange(index.shape[0]), index.shape[1])
+    np.add.at(matrix, (rows, index.ravel()), taps.weight[start:stop].ravel())
+    return matrix
+
+
 @lru_cache(maxsize=1024)
 def _pass_operands(
     taps: Taps, start: int, stop: int, device: torch.device
@@ -90,9 +101,7 @@ def _pass_operands(
     # 256000) would otherwise ask for an n x in_size matrix (20 GB), and a strong
     # downscale of a whole image multiplies mostly zeros. Both ways sum exactly.
     if (span <= _DENSE_SPAN * n or n <= _DENSE_BAND * k) and n * span <= _MAX_DENSE_ENTRIES:
-        matrix = np.zeros((n, span))
-        np.add.at(matrix, (np.repeat(np.arange(n), k), index.ravel()), weight.ravel())
-        return torch.from_numpy(matrix).to(device), []
+        return torch.from_numpy(dense_weights(taps, start, stop)).to(device), []
     terms = [
         (
             torch.from_numpy(np.ascontiguousarray(index[:, j])).to(device),
@@ -346,12 +355,17 @@ def pil_nearest_taps(in_size: int, out_size: int) -> Taps:
     return Taps(index, np.ones((out_size, 1)), in_size)
 
 
-def pil_pass(x: Tensor, taps: Taps, dim: int, start: int, stop: int) -> Tensor:
-    """One Pillow pass: the fixed-point sum, rounded half up and clamped to 0..255."""
-    linear = linear_pass(x, taps, dim, start, stop)
+def pil_round(linear: Tensor) -> Tensor:
+    """Pillow's rounding of a pass's fixed-point sums: half up, clamped to 0..255, with a
+    straight-through gradient (a no-op on whole values in range)."""
     with torch.no_grad():
         exact = linear.add(0.5).floor_().clamp_(0.0, 255.0)
     return straight_through(linear, exact)
+
+
+def pil_pass(x: Tensor, taps: Taps, dim: int, start: int, stop: int) -> Tensor:
+    """One Pillow pass: the fixed-point sum, rounded half up and clamped to 0..255."""
+    return pil_round(linear_pass(x, taps, dim, start, stop))
 
 
 def nearest_pass(x: Tensor, taps: Taps, dim: int, start: int, stop: int) -> Tensor:

@@ -24,18 +24,29 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from adaptanon.preprocessing.geometry import ViewGeometry, check_resized
 from adaptanon.preprocessing.opencv import check_cv_mode, cv_plan
-from adaptanon.preprocessing.resample import PIL_FILTERS, Plan, pil_plan, run_plan, straight_through
+from adaptanon.preprocessing.resample import (
+    PIL_FILTERS,
+    Plan,
+    dense_weights,
+    pil_plan,
+    pil_round,
+    run_plan,
+    straight_through,
+    to_8bit,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -362,6 +373,96 @@ def parse_preprocess(value: str | PreprocessSpec | dict[str, Any]) -> SpecPrepro
     return SpecPreprocess(parse_spec(value))
 
 
+@lru_cache(maxsize=8)
+def _many_operands(
+    pre: SpecPreprocess,
+    key: tuple[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]], ...],
+    device: torch.device,
+) -> (
+    tuple[
+        tuple[int, ...],
+        list[tuple[slice, slice]],
+        tuple[int, int],
+        Tensor,
+        Tensor,
+        Tensor,
+        bool,
+    ]
+    | None
+):
+    """What :meth:`SpecPreprocess.update_many` needs for a batch, made once per batch
+    composition: the images with a band, their crops of the window, the padded size, the
+    ``(b, 1, W, nc)`` horizontal and ``(b, 1, nr, H)`` vertical band matrices, each band
+    pixel's flat index in its view (padding: one past the end) and the pass order."""
+    which: list[int] = []
+    crops: list[tuple[slice, slice]] = []
+    parts = []
+    orders = set()
+    for i, (box, (top, left, height, width), (win_h, win_w)) in enumerate(key):
+        g = pre.geometry(height, width)
+        bands = pre._band(g, box)  # type: ignore[arg-type]
+        if bands is None:
+            continue
+        rows, cols = bands
+        tv, th, _, _, order = pre._plan(height, width, *g.resized)
+        y0, y1 = tv.reads(rows.start, rows.stop)
+        x0, x1 = th.reads(cols.start, cols.stop)
+        if (y1 - y0) * (rows.stop - rows.start) > _MAX_BATCH_ENTRIES or (x1 - x0) * (
+            cols.stop - cols.start
+        ) > _MAX_BATCH_ENTRIES:
+            return None
+        if y0 < top or x0 < left or y1 > top + win_h or x1 > left + win_w:
+            return None  # the window lacks pixels: update() says so image by image
+        orders.add(order)
+        which.append(i)
+        crops.append((slice(y0 - top, y1 - top), slice(x0 - left, x1 - left)))
+        parts.append(
+            (
+                g,
+                rows,
+                cols,
+                dense_weights(tv, rows.start, rows.stop),
+                dense_weights(th, cols.start, cols.stop),
+            )
+        )
+    if len(orders) > 1:
+        return None
+    if not which:
+        return (), [], (0, 0), torch.zeros(0), torch.zeros(0), torch.zeros(0), False
+    height = max(v.shape[1] for _, _, _, v, _ in parts)
+    width = max(h.shape[1] for _, _, _, _, h in parts)
+    nr = max(v.shape[0] for _, _, _, v, _ in parts)
+    nc = max(h.shape[0] for _, _, _, _, h in parts)
+    b = len(parts)
+    mh_t = np.zeros((b, 1, width, nc))
+    mv = np.zeros((b, 1, nr, height))
+    g0 = parts[0][0]
+    vh, vw = g0.view
+    end = 3 * vh * vw
+    index = np.full((b, 3, nr, nc), end, np.int64)
+    channel = np.arange(3)[:, None, None] * vh * vw
+    for j, (g, rows, cols, v, h) in enumerate(parts):
+        mh_t[j, 0, : h.shape[1], : h.shape[0]] = h.T
+        mv[j, 0, : v.shape[0], : v.shape[1]] = v
+        r = np.arange(rows.start - g.top, rows.stop - g.top)[:, None]
+        c = np.arange(cols.start - g.left, cols.stop - g.left)[None, :]
+        index[j, :, : len(r), : c.shape[1]] = channel + r * vw + c
+    return (
+        tuple(which),
+        crops,
+        (height, width),
+        torch.from_numpy(mh_t).to(device),
+        torch.from_numpy(mv).to(device),
+        torch.from_numpy(index.reshape(b, -1)).to(device),
+        orders.pop(),
+    )
+
+
+_MAX_BATCH_ENTRIES = 1 << 20
+"""Largest band matrix (entries) :meth:`SpecPreprocess.update_many` batches; a larger
+window is computed image by image."""
+
+
 @lru_cache(maxsize=64)
 def _channels(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
     """``(3, 1, 1)`` per-channel constants on ``device``, made once (not at every call)."""
@@ -530,6 +631,59 @@ class SpecPreprocess:
         out = base.detach().clone()
         r0, c0 = band_rows.start - g.top, band_cols.start - g.left
         out[:, r0 : r0 + band.shape[-2], c0 : c0 + band.shape[-1]] = band
+        return out
+
+    def update_many(
+        self,
+        images: Sequence[Tensor],
+        bases: Sequence[Tensor],
+        boxes: Sequence[tuple[int, int, int, int]],
+        frames: Sequence[tuple[int, int, int, int]],
+    ) -> Tensor | None:
+        """``stack([update(x, base, box, (top, left), (h, w)) ...])`` for ``B`` window
+        crops (``frames``: ``(top, left, h, w)`` each), computed for the whole batch at
+        once: each image's window is padded into one ``(B, 3, H, W)`` tensor and both
+        passes are batched products with the band matrices (zero-padded, cached per
+        batch), so a step costs a few kernels, not a few per image. The values are
+        :meth:`update`'s (exact sums); the gradient sums the same terms in another order.
+        None when this spec cannot (backend other than ``pil``, or Pillow's pass order
+        differing within the batch)."""
+        if self.spec.backend != "pil" or not images:
+            return None
+        key = tuple(
+            (tuple(box), tuple(frame), tuple(x.shape[-2:]))
+            for x, box, frame in zip(images, boxes, frames, strict=True)
+        )
+        ops = _many_operands(self, key, bases[0].device)
+        if ops is None:
+            return None
+        which, crops, pad_to, mh_t, mv, index, vertical_first = ops
+        out = torch.stack([b.detach() for b in bases])
+        if not which:
+            return out
+        height, width = pad_to
+        windows = torch.stack(
+            [
+                F.pad(
+                    images[i][:, ys, xs],
+                    (0, width - (xs.stop - xs.start), 0, height - (ys.stop - ys.start)),
+                )
+                for i, (ys, xs) in zip(which, crops, strict=True)
+            ]
+        )
+        x = to_8bit(windows)
+        if vertical_first:
+            pixels = pil_round(pil_round(mv @ x) @ mh_t)
+        else:
+            pixels = pil_round(mv @ pil_round(x @ mh_t))
+        if self.spec.channels == "BGR":
+            pixels = pixels.flip(1)
+        band = self._normalize(pixels)
+        b = len(which)
+        flat = torch.cat([out[list(which)].flatten(1), out.new_zeros(b, 1)], 1)
+        flat = flat.scatter(1, index, band.flatten(1))
+        out = out.clone()
+        out[list(which)] = flat[:, :-1].reshape(b, *out.shape[1:])
         return out
 
     def _band(self, g: SpecGeometry, box: tuple[int, int, int, int]) -> tuple[slice, slice] | None:
