@@ -27,34 +27,38 @@ def flags() -> tuple[bool, bool, bool]:
     )
 
 
-@pytest.mark.parametrize("before", [(True, False, False), (False, True, True)])
-def test_contexts_set_and_restore_the_flags(before):
+def set_flags(values: tuple[bool, bool, bool]) -> None:
+    (
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cuda.matmul.allow_tf32,
+        torch.backends.cudnn.benchmark,
+    ) = values
+
+
+@pytest.fixture
+def saved_flags():
+    """The flags as they were before the test, put back after it."""
     saved = flags()
-    try:
-        (
-            torch.backends.cudnn.allow_tf32,
-            torch.backends.cuda.matmul.allow_tf32,
-            torch.backends.cudnn.benchmark,
-        ) = before
-        with full_precision():
-            assert flags() == (False, False, before[2])
-        assert flags() == before
-        with search_precision(benchmark=True):
-            tf32 = precision_module.SEARCH_TF32
-            assert flags() == (tf32, tf32, True)
-        assert flags() == before
-        with model_call():
-            assert flags() == (before[0], before[1], True)
-        assert flags() == before
-        with pytest.raises(RuntimeError), full_precision():
-            raise RuntimeError("boom")
-        assert flags() == before  # restored after an exception too
-    finally:
-        (
-            torch.backends.cudnn.allow_tf32,
-            torch.backends.cuda.matmul.allow_tf32,
-            torch.backends.cudnn.benchmark,
-        ) = saved
+    yield saved
+    set_flags(saved)
+
+
+@pytest.mark.parametrize("before", [(True, False, False), (False, True, True)])
+def test_contexts_set_and_restore_the_flags(saved_flags, before):
+    set_flags(before)
+    with full_precision():
+        assert flags() == (False, False, before[2])
+    assert flags() == before
+    with search_precision(benchmark=True):
+        tf32 = precision_module.SEARCH_TF32
+        assert flags() == (tf32, tf32, True)
+    assert flags() == before
+    with model_call():
+        assert flags() == (before[0], before[1], True)
+    assert flags() == before
+    with pytest.raises(RuntimeError), full_precision():
+        raise RuntimeError("boom")
+    assert flags() == before  # restored after an exception too
 
 
 def test_bucket_sizes_are_powers_of_two():
@@ -130,26 +134,19 @@ def test_fixed_shapes_pad_to_buckets_and_keep_every_result(tiny, synth_batch):
     assert all(bucket_size(n) == n for n in sizes_fixed)  # ...but every model call was
 
 
-def test_decisions_run_in_full_fp32_and_gradients_as_the_search_allows(tiny, synth_batch):
+def test_decisions_run_in_full_fp32_and_gradients_as_the_search_allows(
+    saved_flags, tiny, synth_batch
+):
     anon, masks, target = flipped_batch(tiny, synth_batch)
-    saved = flags()
-    try:
-        torch.backends.cudnn.allow_tf32 = True  # torch's default on CUDA
-        torch.backends.cudnn.benchmark = False
-        clf = recording(tiny, True)
-        res = correct(clf, anon, masks, target, max_steps=5)
-        assert (res.steps > 0).any()
-        forward = [entry for entry in clf.model.log if entry[0] == "forward"]
-        backward = [entry for entry in clf.model.log if entry[0] == "backward"]
-        assert forward and backward
-        # Every forward (each step's check, the final one included): TF32 off, tuned.
-        assert all(e[2:] == (False, False, True) for e in forward)
-        tf32 = precision_module.SEARCH_TF32
-        assert all(e[2:] == (tf32, tf32, True) for e in backward)
-        assert flags()[0] is True and flags()[2] is False  # left as they were
-    finally:
-        (
-            torch.backends.cudnn.allow_tf32,
-            torch.backends.cuda.matmul.allow_tf32,
-            torch.backends.cudnn.benchmark,
-        ) = saved
+    set_flags((True, False, False))  # torch's defaults on CUDA
+    clf = recording(tiny, True)
+    res = correct(clf, anon, masks, target, max_steps=5)
+    assert (res.steps > 0).any()
+    forward = [entry for entry in clf.model.log if entry[0] == "forward"]
+    backward = [entry for entry in clf.model.log if entry[0] == "backward"]
+    assert forward and backward
+    # Every forward (each step's check, the final one included): TF32 off, tuned.
+    assert all(e[2:] == (False, False, True) for e in forward)
+    tf32 = precision_module.SEARCH_TF32
+    assert all(e[2:] == (tf32, tf32, True) for e in backward)
+    assert flags() == (True, False, False)  # left as they were

@@ -166,16 +166,22 @@ def assert_same(full, windowed):
             assert torch.equal(a, b), key
 
 
-@pytest.mark.parametrize("name", ["pil", "spec-bicubic", "opencv-linear", "letterbox"])
-def test_windowed_correction_equals_the_full_correction(monkeypatch, tiny, name):
-    clf = make_classifier(name, tiny)
+def masked_images(boxes: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Each of :data:`SIZES` masked in each of its first ``boxes`` boxes, and the masks."""
     images, masks = [], []
     for seed, (h, w) in enumerate(SIZES):
         img = make_image(h, w, seed=seed)
-        for k, box in enumerate(boxes_for(h, w)[:4]):
+        for k, box in enumerate(boxes_for(h, w)[:boxes]):
             a, m = anonymize(img, [box], Mask(0.5 + 0.1 * k))
             images.append(a)
             masks.append(m)
+    return images, masks
+
+
+@pytest.mark.parametrize("name", ["pil", "spec-bicubic", "opencv-linear", "letterbox"])
+def test_windowed_correction_equals_the_full_correction(monkeypatch, tiny, name):
+    clf = make_classifier(name, tiny)
+    images, masks = masked_images(4)
     # An empty mask (an image without regions) and two regions in one image.
     img = make_image(64, 80, seed=9)
     images.append(img)
@@ -291,13 +297,7 @@ def test_batched_windows_leave_other_backends_to_each_image():
 
 @pytest.mark.parametrize("name", ["pil", "spec-bicubic"])
 def test_windowed_correction_with_batched_windows_is_the_same(tiny, name):
-    images, masks = [], []
-    for seed, (h, w) in enumerate(SIZES):
-        img = make_image(h, w, seed=seed)
-        for k, box in enumerate(boxes_for(h, w)[:3]):
-            a, m = anonymize(img, [box], Mask(0.5 + 0.1 * k))
-            images.append(a)
-            masks.append(m)
+    images, masks = masked_images(3)
     target = torch.randint(0, 10, (len(images),), generator=torch.Generator().manual_seed(1))
     results = []
     for batched in (False, True):
