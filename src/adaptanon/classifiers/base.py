@@ -110,16 +110,6 @@ class WindowedClassifier(Classifier, Protocol):
         at ``(top, left)`` holding :meth:`input_window` of its box."""
         ...
 
-    def logits(
-        self,
-        images: Sequence[Tensor],
-        bases: Sequence[Tensor] | None = None,
-        boxes: Sequence[BoxOrNone] | None = None,
-        frames: Sequence[Frame] | None = None,
-    ) -> Tensor:
-        """``(B, N)`` logits (see :meth:`inputs`)."""
-        ...
-
 
 @runtime_checkable
 class TunedClassifier(Classifier, Protocol):
@@ -161,15 +151,6 @@ class VariantClassifier(Classifier, Protocol):
 
     def variant_forward(self, inputs: Tensor) -> Tensor:
         """``(B, V, ...)`` inputs -> ``(B, V, N)`` logits."""
-        ...
-
-    def variant_logits(
-        self,
-        images: Sequence[Tensor],
-        bases: Sequence[Tensor] | None = None,
-        boxes: Sequence[BoxOrNone] | None = None,
-    ) -> Tensor:
-        """``(B, V, N)`` logits of ``B`` images under each loader."""
         ...
 
 

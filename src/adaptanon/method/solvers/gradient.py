@@ -147,7 +147,7 @@ def correct(
     """
     check_step_params(alpha, max_steps, delta)
     if target.dim() == 2 and not isinstance(classifier, VariantClassifier):
-        raise ValueError("a (B, V) target needs a classifier with variant_logits (--robust)")
+        raise ValueError("a (B, V) target needs a VariantClassifier (--robust)")
     criterion = criterion or SameClass()
     if criterion.needs_reference and reference is None:
         raise ValueError(
