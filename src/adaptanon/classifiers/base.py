@@ -105,9 +105,12 @@ class WindowedClassifier(Classifier, Protocol):
         bases: Sequence[Tensor] | None = None,
         boxes: Sequence[BoxOrNone] | None = None,
         frames: Sequence[Frame] | None = None,
+        padded: Tensor | None = None,
     ) -> Tensor:
         """As :meth:`Classifier.inputs`; with ``frames`` each image is the crop of its input
-        at ``(top, left)`` holding :meth:`input_window` of its box."""
+        at ``(top, left)`` holding :meth:`input_window` of its box. ``padded``: the same
+        images as one ``(B, 3, H, W)`` tensor, padded at the bottom and right (``images``
+        are views of it), for a preprocessing that computes them together."""
         ...
 
 
@@ -234,6 +237,7 @@ class TorchClassifier:
         bases: Sequence[Tensor] | None = None,
         boxes: Sequence[BoxOrNone] | None = None,
         frames: Sequence[Frame] | None = None,
+        padded: Tensor | None = None,
     ) -> Tensor:
         """Preprocess ``B`` images of any sizes into one ``(B, 3, crop, crop)`` batch.
 
@@ -243,6 +247,9 @@ class TorchClassifier:
         ``boxes`` and a preprocessing with ``window``), each image is the crop at
         ``(top, left)`` of a ``height x width`` input, holding :meth:`input_window` of its
         box (the whole input where the box is None); boxes are in input coordinates.
+        With ``batched_windows``, a preprocessing with ``update_many`` computes all the
+        windows' views at once, from ``padded`` (the images padded into one tensor, of
+        which they are views) when given.
         """
         update = getattr(self.preprocess, "update", None)
         if bases is None or boxes is None or update is None:
@@ -254,7 +261,8 @@ class TorchClassifier:
             batched = images[0].is_cuda if self.batched_windows is None else self.batched_windows
             together = None
             if batched and many is not None and all(box is not None for box in boxes):
-                together = many(images, bases, boxes, frames)
+                sizes = [(int(x.shape[-2]), int(x.shape[-1])) for x in images]
+                together = many(images if padded is None else padded, bases, boxes, frames, sizes)
             batch = (
                 together
                 if together is not None

@@ -377,25 +377,15 @@ def parse_preprocess(value: str | PreprocessSpec | dict[str, Any]) -> SpecPrepro
 def _many_operands(
     pre: SpecPreprocess,
     key: tuple[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]], ...],
+    pad_to: tuple[int, int] | None,
     device: torch.device,
-) -> (
-    tuple[
-        tuple[int, ...],
-        list[tuple[slice, slice]],
-        tuple[int, int],
-        Tensor,
-        Tensor,
-        Tensor,
-        bool,
-    ]
-    | None
-):
+) -> tuple[tuple[int, ...], tuple[int, int], Tensor, Tensor, Tensor, bool] | None:
     """What :meth:`SpecPreprocess.update_many` needs for a batch, made once per batch
-    composition: the images with a band, their crops of the window, the padded size, the
-    ``(b, 1, W, nc)`` horizontal and ``(b, 1, nr, H)`` vertical band matrices, each band
-    pixel's flat index in its view (padding: one past the end) and the pass order."""
+    composition: the images with a band, the padded window size (``pad_to``, else the
+    largest window's), the ``(b, 1, W, nc)`` horizontal and ``(b, 1, nr, H)`` vertical band
+    matrices in window coordinates, each band pixel's flat index in its view (padding: one
+    past the end) and the pass order."""
     which: list[int] = []
-    crops: list[tuple[slice, slice]] = []
     parts = []
     orders = set()
     for i, (box, (top, left, height, width), (win_h, win_w)) in enumerate(key):
@@ -407,49 +397,37 @@ def _many_operands(
         tv, th, _, _, order = pre._plan(height, width, *g.resized)
         y0, y1 = tv.reads(rows.start, rows.stop)
         x0, x1 = th.reads(cols.start, cols.stop)
-        if (y1 - y0) * (rows.stop - rows.start) > _MAX_BATCH_ENTRIES or (x1 - x0) * (
-            cols.stop - cols.start
-        ) > _MAX_BATCH_ENTRIES:
-            return None
         if y0 < top or x0 < left or y1 > top + win_h or x1 > left + win_w:
             return None  # the window lacks pixels: update() says so image by image
+        if max(win_h, win_w) * max(rows.stop - rows.start, cols.stop - cols.start) > (
+            _MAX_BATCH_ENTRIES
+        ):
+            return None
         orders.add(order)
         which.append(i)
-        crops.append((slice(y0 - top, y1 - top), slice(x0 - left, x1 - left)))
-        parts.append(
-            (
-                g,
-                rows,
-                cols,
-                dense_weights(tv, rows.start, rows.stop),
-                dense_weights(th, cols.start, cols.stop),
-            )
-        )
+        v, h = dense_weights(tv, rows.start, rows.stop), dense_weights(th, cols.start, cols.stop)
+        parts.append((g, rows, cols, v, h, y0 - top, x0 - left, win_h, win_w))
     if len(orders) > 1:
         return None
     if not which:
-        return (), [], (0, 0), torch.zeros(0), torch.zeros(0), torch.zeros(0), False
-    height = max(v.shape[1] for _, _, _, v, _ in parts)
-    width = max(h.shape[1] for _, _, _, _, h in parts)
-    nr = max(v.shape[0] for _, _, _, v, _ in parts)
-    nc = max(h.shape[0] for _, _, _, _, h in parts)
+        return (), (0, 0), torch.zeros(0), torch.zeros(0), torch.zeros(0), False
+    height, width = pad_to or (max(p[7] for p in parts), max(p[8] for p in parts))
+    nr = max(p[3].shape[0] for p in parts)
+    nc = max(p[4].shape[0] for p in parts)
     b = len(parts)
     mh_t = np.zeros((b, 1, width, nc))
     mv = np.zeros((b, 1, nr, height))
-    g0 = parts[0][0]
-    vh, vw = g0.view
-    end = 3 * vh * vw
-    index = np.full((b, 3, nr, nc), end, np.int64)
+    vh, vw = parts[0][0].view
+    index = np.full((b, 3, nr, nc), 3 * vh * vw, np.int64)
     channel = np.arange(3)[:, None, None] * vh * vw
-    for j, (g, rows, cols, v, h) in enumerate(parts):
-        mh_t[j, 0, : h.shape[1], : h.shape[0]] = h.T
-        mv[j, 0, : v.shape[0], : v.shape[1]] = v
+    for j, (g, rows, cols, v, h, dy, dx, _, _) in enumerate(parts):
+        mh_t[j, 0, dx : dx + h.shape[1], : h.shape[0]] = h.T
+        mv[j, 0, : v.shape[0], dy : dy + v.shape[1]] = v
         r = np.arange(rows.start - g.top, rows.stop - g.top)[:, None]
         c = np.arange(cols.start - g.left, cols.stop - g.left)[None, :]
-        index[j, :, : len(r), : c.shape[1]] = channel + r * vw + c
+        index[j, :, : r.shape[0], : c.shape[1]] = channel + r * vw + c
     return (
         tuple(which),
-        crops,
         (height, width),
         torch.from_numpy(mh_t).to(device),
         torch.from_numpy(mv).to(device),
@@ -459,8 +437,8 @@ def _many_operands(
 
 
 _MAX_BATCH_ENTRIES = 1 << 20
-"""Largest band matrix (entries) :meth:`SpecPreprocess.update_many` batches; a larger
-window is computed image by image."""
+"""Largest band matrix (entries, window side x band side) :meth:`SpecPreprocess.update_many`
+batches; a larger window is computed image by image."""
 
 
 @lru_cache(maxsize=64)
@@ -635,42 +613,53 @@ class SpecPreprocess:
 
     def update_many(
         self,
-        images: Sequence[Tensor],
+        images: Sequence[Tensor] | Tensor,
         bases: Sequence[Tensor],
         boxes: Sequence[tuple[int, int, int, int]],
         frames: Sequence[tuple[int, int, int, int]],
+        sizes: Sequence[tuple[int, int]] | None = None,
     ) -> Tensor | None:
         """``stack([update(x, base, box, (top, left), (h, w)) ...])`` for ``B`` window
         crops (``frames``: ``(top, left, h, w)`` each), computed for the whole batch at
-        once: each image's window is padded into one ``(B, 3, H, W)`` tensor and both
-        passes are batched products with the band matrices (zero-padded, cached per
-        batch), so a step costs a few kernels, not a few per image. The values are
-        :meth:`update`'s (exact sums); the gradient sums the same terms in another order.
-        None when this spec cannot (backend other than ``pil``, or Pillow's pass order
-        differing within the batch)."""
-        if self.spec.backend != "pil" or not images:
+        once: the windows, padded at the bottom and right into one ``(B, 3, H, W)``
+        tensor, go through two batched products with the band matrices (zero-padded,
+        cached per batch), so a step costs a few kernels, not a few per image. The values
+        are :meth:`update`'s (exact sums); the gradient sums the same terms in another
+        order.
+
+        Args:
+            images: ``B`` windows, or a ``(B, 3, H, W)`` tensor holding them padded, with
+                their ``sizes`` ``(h, w)``.
+
+        Returns:
+            ``(B, 3, h, w)`` model inputs, or None when this spec cannot (backend other
+            than ``pil``, Pillow's pass order differing within the batch, a band too
+            large): then call :meth:`update` per image.
+        """
+        if self.spec.backend != "pil" or len(images) == 0:
             return None
+        if sizes is None:
+            sizes = [(int(x.shape[-2]), int(x.shape[-1])) for x in images]
+        pad_to = None
+        if isinstance(images, Tensor):
+            pad_to = (int(images.shape[-2]), int(images.shape[-1]))
         key = tuple(
-            (tuple(box), tuple(frame), tuple(x.shape[-2:]))
-            for x, box, frame in zip(images, boxes, frames, strict=True)
+            (tuple(box), tuple(frame), tuple(size))
+            for box, frame, size in zip(boxes, frames, sizes, strict=True)
         )
-        ops = _many_operands(self, key, bases[0].device)
+        ops = _many_operands(self, key, pad_to, bases[0].device)
         if ops is None:
             return None
-        which, crops, pad_to, mh_t, mv, index, vertical_first = ops
+        which, (height, width), mh_t, mv, index, vertical_first = ops
         out = torch.stack([b.detach() for b in bases])
         if not which:
             return out
-        height, width = pad_to
-        windows = torch.stack(
-            [
-                F.pad(
-                    images[i][:, ys, xs],
-                    (0, width - (xs.stop - xs.start), 0, height - (ys.stop - ys.start)),
-                )
-                for i, (ys, xs) in zip(which, crops, strict=True)
-            ]
-        )
+        if isinstance(images, Tensor):
+            windows = images if len(which) == len(images) else images[list(which)]
+        else:
+            windows = torch.stack(
+                [F.pad(images[i], (0, width - sizes[i][1], 0, height - sizes[i][0])) for i in which]
+            )
         x = to_8bit(windows)
         if vertical_first:
             pixels = pil_round(pil_round(mv @ x) @ mh_t)

@@ -25,6 +25,7 @@ from adaptanon.classifiers.base import VariantClassifier, WindowedClassifier, gr
 from adaptanon.io.codecs import Codec
 from adaptanon.method.criteria import Criterion, SameClass, logit_margin
 from adaptanon.method.solvers.base import Solver, SolverResult
+from adaptanon.method.solvers.slots import Slots, project
 
 
 @dataclass
@@ -94,15 +95,6 @@ def mask_box(mask: Tensor) -> tuple[int, int, int, int] | None:
     if len(rows) == 0:
         return None
     return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
-
-
-def project(image: Tensor, start: Tensor, mask: Tensor, delta: float | None) -> Tensor:
-    """Clamp to ``[0, 1]``, to the L-inf ball of radius ``delta`` around ``start`` inside
-    ``mask``, and to ``start`` outside it. All ``(3, H, W)`` except ``mask`` ``(1, H, W)``."""
-    x = image.clamp(0.0, 1.0)
-    if delta is not None:
-        x = torch.minimum(torch.maximum(x, start - delta), start + delta)
-    return torch.where(mask, x, start)
 
 
 def correct(
@@ -218,6 +210,8 @@ def _descend(
         start = [s[:, w[1] : w[3], w[0] : w[2]].clone() for s, _, w in pairs]
         masks = [m[:, w[1] : w[3], w[0] : w[2]] for _, m, w in pairs]
         state = [s.clone() for s in start]
+    # The windows as one padded batch, stepped together (image by image otherwise).
+    slots = Slots.make(start, masks) if windows is not None else None
     stored: list[Tensor] = [s for s in start]
     initial: list[Tensor] = [s for s in start]
     if reference is not None:
@@ -228,8 +222,13 @@ def _descend(
     final_logits: Tensor | None = None
     active = list(range(n))
     for step in range(max_steps + 1):
-        leaves = [state[i].requires_grad_(True) for i in active]
-        seen = [codec.roundtrip(x) for x in leaves]
+        padded: Tensor | None = None
+        if slots is not None:
+            leaf, padded = slots.leaves(active, codec)
+            seen = slots.views(padded, active)
+        else:
+            leaves = [state[i].requires_grad_(True) for i in active]
+            seen = [codec.roundtrip(x) for x in leaves]
         part_bases = [bases[i] for i in active] if boxes is not None and bases is not None else None
         part_boxes = [boxes[i] for i in active] if boxes is not None and bases is not None else None
         # The view batch is cut from the preprocessing's graph: the model runs forward and
@@ -248,7 +247,7 @@ def _descend(
         else:
             if windows is not None:
                 inputs = cast(WindowedClassifier, classifier).inputs(
-                    seen, part_bases, part_boxes, [frames[i] for i in active]
+                    seen, part_bases, part_boxes, [frames[i] for i in active], padded
                 )
             else:
                 inputs = classifier.inputs(seen, part_bases, part_boxes)
@@ -261,10 +260,12 @@ def _descend(
             initial_logits = logits.detach().new_zeros(n, logits.shape[1])
             final_logits = initial_logits.clone()
             initial_logits[active] = logits.detach()
-            initial = [x.detach() for x in seen]
+            if slots is None:
+                initial = [x.detach() for x in seen]
         final_logits[active] = logits.detach()
         for j, i in enumerate(active):
-            stored[i] = seen[j].detach()
+            if slots is None:  # slots give their stored images at the end
+                stored[i] = seen[j].detach()
             steps[i] = step
             success[i] = bool(ok[j])
         todo = [j for j in range(len(active)) if not ok[j]]
@@ -279,30 +280,26 @@ def _descend(
         with gradient_context(classifier):
             (view_grad,) = torch.autograd.grad(loss, [view])
         # A region the classifier's view does not reach has no gradient (None): it stops.
-        grads = (
-            torch.autograd.grad([inputs], [leaves[j] for j in todo], [view_grad], allow_unused=True)
-            if inputs.requires_grad
-            else [None] * len(todo)
-        )
-        stepped: list[int] = []
-        moved: list[Tensor] = []
-        with torch.no_grad():
-            for j, g in zip(todo, grads, strict=True):
-                i = active[j]
-                if g is None:
-                    continue
-                update = normalized_step(g, masks[i], alpha)
-                state[i] = project(state[i].detach() + update, start[i], masks[i], delta)
-                stepped.append(i)
-                moved.append(update.abs().max() > 0)
-        # An image whose gradient vanished stops (one transfer for the whole batch).
-        flags = torch.stack(moved).cpu().tolist() if moved else []
-        active = [i for i, m in zip(stepped, flags, strict=True) if m]
+        if slots is not None:
+            (grad,) = (
+                torch.autograd.grad([inputs], [leaf], [view_grad], allow_unused=True)
+                if inputs.requires_grad
+                else (None,)
+            )
+            todo_rows = [active[j] for j in todo]
+            with torch.no_grad():
+                active = [] if grad is None else slots.step(todo_rows, grad[todo], alpha, delta)
+        else:
+            active = _step_each(
+                active, todo, leaves, inputs, view_grad, state, start, masks, alpha, delta
+            )
         if not active:
             break
     for s in state:
         s.requires_grad_(False)
     assert initial_logits is not None and final_logits is not None
+    if slots is not None:
+        state, stored, initial = slots.images(codec)
     if windows is not None:
         state, stored, initial = _paste(codec, full_start, windows, state, stored)
     if robust:
@@ -325,6 +322,41 @@ def _descend(
         initial_logits=initial_logits,
         logits=final_logits,
     )
+
+
+def _step_each(
+    active: list[int],
+    todo: list[int],
+    leaves: list[Tensor],
+    inputs: Tensor,
+    view_grad: Tensor,
+    state: list[Tensor],
+    start: list[Tensor],
+    masks: list[Tensor],
+    alpha: float,
+    delta: float | None,
+) -> list[int]:
+    """One step image by image (images of any sizes): the gradient of ``inputs`` (given
+    ``view_grad``) to the ``todo`` leaves, each image's normalised update, projected, in
+    ``state``; returns the images that moved, with one transfer to the host."""
+    grads = (
+        torch.autograd.grad([inputs], [leaves[j] for j in todo], [view_grad], allow_unused=True)
+        if inputs.requires_grad
+        else [None] * len(todo)
+    )
+    stepped: list[int] = []
+    moved: list[Tensor] = []
+    with torch.no_grad():
+        for j, g in zip(todo, grads, strict=True):
+            i = active[j]
+            if g is None:
+                continue
+            update = normalized_step(g, masks[i], alpha)
+            state[i] = project(state[i].detach() + update, start[i], masks[i], delta)
+            stepped.append(i)
+            moved.append(update.abs().max() > 0)
+    flags = torch.stack(moved).cpu().tolist() if moved else []
+    return [i for i, m in zip(stepped, flags, strict=True) if m]
 
 
 def _windows(
