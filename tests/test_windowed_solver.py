@@ -306,3 +306,14 @@ def test_windowed_correction_with_batched_windows_is_the_same(tiny, name):
         results.append(correct(clf, images, masks, target, bases=bases, max_steps=6, alpha=0.2))
     assert results[0].steps.max() > 0
     assert_same(*results)
+
+
+def test_windows_too_different_for_slots_go_image_by_image(monkeypatch, tiny):
+    from adaptanon.method.solvers import slots as slots_module
+
+    monkeypatch.setattr(slots_module, "MAX_PADDING", 0.0)  # never pad: a list of windows
+    images, masks = masked_images(2)
+    target = torch.arange(len(images)) % 10
+    full, windowed = run_both(monkeypatch, tiny, images, masks, target, max_steps=8, alpha=0.3)
+    assert int(windowed.steps.max()) > 0
+    assert_same(full, windowed)
