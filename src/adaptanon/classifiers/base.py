@@ -1,5 +1,8 @@
-"""What the method needs of a classifier (:class:`Classifier`, a protocol), and the
-torch implementation every built-in model uses (:class:`TorchClassifier`).
+"""What the method needs of a classifier (:class:`Classifier`, a protocol), what the
+solver uses when a classifier has it (:class:`WindowedClassifier`: views from windows;
+:class:`VariantClassifier`: several loaders, ``--robust``; :class:`TunedClassifier`: the
+context of its gradients), and the torch implementation every built-in model uses
+(:class:`TorchClassifier`).
 
 A classifier maps full-resolution RGB images (``(3, H, W)`` float tensors in ``[0, 1]``,
 any size) to logits, differentiably, so the correction can follow the gradient back to the
