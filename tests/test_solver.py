@@ -340,3 +340,15 @@ def test_slots_step_like_each_image_and_refuse_wasteful_padding():
         Slots.make(windows, [torch.ones(1, *w.shape[1:], dtype=torch.bool) for w in windows])
         is None
     )
+
+
+def test_mask_boxes_bound_each_mask():
+    from adaptanon.method.solvers.gradient import mask_boxes
+
+    a = torch.zeros(1, 20, 30, dtype=torch.bool)
+    a[0, 3:7, 10:25] = True
+    b = torch.zeros(1, 15, 12, dtype=torch.bool)
+    c = torch.zeros(1, 9, 9, dtype=torch.bool)
+    c[0, 8, 0] = c[0, 0, 4] = True
+    assert mask_boxes([a, b, c]) == [(10, 3, 25, 7), None, (0, 0, 5, 9)]
+    assert mask_boxes([]) == []

@@ -88,13 +88,23 @@ def normalized_step(grad: Tensor, mask: Tensor, alpha: float) -> Tensor:
     return -alpha * g / torch.where(peak == 0, torch.ones_like(peak), peak)
 
 
-def mask_box(mask: Tensor) -> tuple[int, int, int, int] | None:
-    """Bounding box ``(x0, y0, x1, y1)`` (half-open) of a ``(1, H, W)`` mask; None if empty."""
-    rows = mask[0].any(1).nonzero()
-    cols = mask[0].any(0).nonzero()
-    if len(rows) == 0:
-        return None
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+def mask_boxes(masks: Sequence[Tensor]) -> list[tuple[int, int, int, int] | None]:
+    """Bounding box ``(x0, y0, x1, y1)`` (half-open) of each ``(1, H, W)`` mask, None for
+    an empty one; the masks' row and column profiles come to the host in one transfer."""
+    if not masks:
+        return []
+    profiles = torch.cat([torch.cat([m[0].any(1), m[0].any(0)]) for m in masks]).cpu().numpy()
+    boxes: list[tuple[int, int, int, int] | None] = []
+    at = 0
+    for m in masks:
+        h, w = m.shape[-2], m.shape[-1]
+        rows, cols = profiles[at : at + h].nonzero()[0], profiles[at + h : at + h + w].nonzero()[0]
+        at += h + w
+        empty = len(rows) == 0
+        boxes.append(
+            None if empty else (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+        )
+    return boxes
 
 
 def correct(
@@ -199,7 +209,7 @@ def _descend(
     start = [img.detach().to(device, torch.float32) for img in images]
     masks = [m.to(device) for m in masks]
     state = [s.clone() for s in start]
-    boxes = [mask_box(m) for m in masks] if bases is not None and codec.lossless else None
+    boxes = mask_boxes(masks) if bases is not None and codec.lossless else None
     windows = _windows(classifier, masks, boxes) if not robust else None
     full_start = start
     frames: list[tuple[int, int, int, int]] = []
