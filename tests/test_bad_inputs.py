@@ -449,4 +449,5 @@ def test_factory_that_raises_is_a_usage_error(tmp_path, monkeypatch):
 
 def test_model_help_says_model_files_and_factories_are_code():
     text = " ".join(run_cli("anonymize", "--help").output.split())
-    assert "trusted source" in text and "weights-only" in text
+    assert "TorchScript file (needs --trust" in text and "load as data" in text
+    assert "--trust-model Load a TorchScript or .pt2 model file" in text

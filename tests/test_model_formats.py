@@ -401,3 +401,34 @@ def test_code_model_files_need_trust_model(tmp_path, monkeypatch):
     with torch.no_grad():
         trusted.logits([torch.rand(3, 40, 48)])
     assert victim.read_bytes() == bytes(4)
+
+
+def test_onnx_shape_chains_run_on_the_host_once_per_input_shape(tmp_path, monkeypatch):
+    """Shape -> Gather -> Unsqueeze -> Concat -> Reshape chains (a dynamic batch) and small
+    constants (Reshape shapes, Clip bounds, Slice ends) never ask the device for a value:
+    the graph runs on the meta device, where any such read raises. The chains run once per
+    input shape; the outputs are the module's."""
+    from collections import Counter
+
+    import onnx
+
+    from adaptanon.classifiers.onnx_torch import OPS, OnnxModule
+
+    module = Mixed().eval()
+    graph = OnnxModule(onnx.load(str(export_onnx(module, tmp_path / "mixed.onnx"))))
+    on_host = {op for op, _, outs, _ in graph.nodes if outs[0] in graph.shaped}
+    assert {"Shape", "Gather", "Unsqueeze", "Concat"} <= on_host
+    calls: Counter[str] = Counter()
+    for op in on_host:
+        monkeypatch.setitem(
+            OPS, op, lambda i, a, o, op=op, fn=OPS[op]: calls.update([op]) or fn(i, a, o)
+        )
+    batches = [torch.randn(n, 3, 32, 32) for n in (2, 3, 2, 3, 2)]
+    with torch.no_grad():
+        for x in batches:
+            torch.testing.assert_close(graph(x).softmax(-1), module(x), atol=1e-5, rtol=0)
+    assert calls["Shape"] == 2 * sum(op == "Shape" for op, *_ in graph.nodes)  # two shapes
+    graph.to("meta")
+    with torch.no_grad():
+        for n in (4, 2):
+            assert graph(torch.empty(n, 3, 32, 32, device="meta")).shape == (n, 10)

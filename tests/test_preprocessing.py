@@ -13,7 +13,7 @@ from PIL import Image
 from adaptanon.classifiers.efficientnet_lite import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
 from adaptanon.io.codecs import to_image
 from adaptanon.preprocessing import Preprocess, PreprocessModule, pil_resize
-from adaptanon.preprocessing.pil import _pil_bilinear_taps
+from adaptanon.preprocessing.resample import pil_taps
 
 
 def load_rgb(path) -> np.ndarray:
@@ -96,7 +96,8 @@ def test_pil_resize_crop_slices_equal_crop_of_full_resize():
 
 @pytest.mark.parametrize("in_size,out_size", [(100, 37), (37, 100), (64, 64), (5, 3), (3, 11)])
 def test_bilinear_taps_are_normalised_and_in_range(in_size, out_size):
-    index, weight = _pil_bilinear_taps(in_size, out_size)
+    taps = pil_taps(in_size, out_size, "bilinear")
+    index, weight = torch.from_numpy(taps.index), torch.from_numpy(taps.weight)
     assert index.shape == weight.shape and index.shape[0] == out_size
     assert int(index.min()) >= 0 and int(index.max()) < in_size
     # Fixed-point weights of each output sample sum to 1 up to Pillow's rounding (2**-22 each).

@@ -312,3 +312,43 @@ def test_bases_give_the_same_result_as_full_preprocessing(tiny, flipped):
     assert torch.allclose(full.logits, fast.logits, atol=1e-5)
     for a, b in zip(full.stored, fast.stored, strict=True):
         assert torch.equal(a, b)
+
+
+def test_slots_step_like_each_image_and_refuse_wasteful_padding():
+    from adaptanon.method.solvers.slots import Slots
+
+    gen = torch.Generator().manual_seed(0)
+    sizes = [(20, 30), (25, 22), (18, 28)]
+    start = [torch.rand(3, h, w, generator=gen) for h, w in sizes]
+    masks = [torch.rand(1, h, w, generator=gen) > 0.5 for h, w in sizes]
+    grads = [torch.randn(3, h, w, generator=gen) for h, w in sizes]
+    grads[1] = torch.zeros_like(grads[1])  # a vanished gradient: that image stops
+    slots = Slots.make(start, masks)
+    assert slots is not None
+    padded = torch.zeros(3, 3, 25, 30)
+    for j, g in enumerate(grads):
+        padded[j, :, : g.shape[1], : g.shape[2]] = g
+    moved = slots.step([0, 1, 2], padded, 0.1, 0.05)
+    assert moved == [0, 2]
+    state, _, _ = slots.images(Codec())
+    for s0, m, g, got in zip(start, masks, grads, state, strict=True):
+        expected = project(s0 + normalized_step(g, m, 0.1), s0, m, 0.05)
+        assert torch.equal(got, expected)
+    # Three tiny windows and a large one: padding would hold ~4x their pixels.
+    windows = [torch.rand(3, 4, 4)] * 3 + [torch.rand(3, 200, 300)]
+    assert (
+        Slots.make(windows, [torch.ones(1, *w.shape[1:], dtype=torch.bool) for w in windows])
+        is None
+    )
+
+
+def test_mask_boxes_bound_each_mask():
+    from adaptanon.method.solvers.gradient import mask_boxes
+
+    a = torch.zeros(1, 20, 30, dtype=torch.bool)
+    a[0, 3:7, 10:25] = True
+    b = torch.zeros(1, 15, 12, dtype=torch.bool)
+    c = torch.zeros(1, 9, 9, dtype=torch.bool)
+    c[0, 8, 0] = c[0, 0, 4] = True
+    assert mask_boxes([a, b, c]) == [(10, 3, 25, 7), None, (0, 0, 5, 9)]
+    assert mask_boxes([]) == []

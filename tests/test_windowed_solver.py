@@ -166,16 +166,22 @@ def assert_same(full, windowed):
             assert torch.equal(a, b), key
 
 
-@pytest.mark.parametrize("name", ["pil", "spec-bicubic", "opencv-linear", "letterbox"])
-def test_windowed_correction_equals_the_full_correction(monkeypatch, tiny, name):
-    clf = make_classifier(name, tiny)
+def masked_images(boxes: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Each of :data:`SIZES` masked in each of its first ``boxes`` boxes, and the masks."""
     images, masks = [], []
     for seed, (h, w) in enumerate(SIZES):
         img = make_image(h, w, seed=seed)
-        for k, box in enumerate(boxes_for(h, w)[:4]):
+        for k, box in enumerate(boxes_for(h, w)[:boxes]):
             a, m = anonymize(img, [box], Mask(0.5 + 0.1 * k))
             images.append(a)
             masks.append(m)
+    return images, masks
+
+
+@pytest.mark.parametrize("name", ["pil", "spec-bicubic", "opencv-linear", "letterbox"])
+def test_windowed_correction_equals_the_full_correction(monkeypatch, tiny, name):
+    clf = make_classifier(name, tiny)
+    images, masks = masked_images(4)
     # An empty mask (an image without regions) and two regions in one image.
     img = make_image(64, 80, seed=9)
     images.append(img)
@@ -244,3 +250,70 @@ def test_process_batch_is_the_same_windowed_or_not(monkeypatch, tiny):
         assert full.data == windowed.data
         assert full.record.to_dict() == windowed.record.to_dict()
         assert full.record.steps == 3
+
+
+PIL_SPECS = ["pil", "spec-bilinear", "spec-bicubic", "spec-lanczos", "spec-nearest"]
+
+
+@pytest.mark.parametrize("name", PIL_SPECS)
+def test_batched_window_update_equals_each_update(name):
+    """update_many (one padded batch, band matrices) gives exactly each image's update,
+    and a gradient equal up to the order of the sums."""
+    pre = PREPROCESSINGS[name]
+    crops, bases, boxes, frames = [], [], [], []
+    for seed, (h, w) in enumerate(SIZES):
+        reference = make_image(h, w, seed=seed)
+        base = pre(reference)
+        for box in boxes_for(h, w)[:5]:
+            window = pre.window(h, w, box)
+            crop, (top, left) = window_crop(reference, window)
+            crop = crop + 0.0  # a fresh tensor per image
+            crops.append(crop.requires_grad_(True))
+            bases.append(base)
+            boxes.append(box)
+            frames.append((top, left, h, w))
+    weights = torch.randn(len(crops), *bases[0].shape, generator=torch.Generator().manual_seed(0))
+    each = torch.stack(
+        [
+            pre.update(c, b, box, (f[0], f[1]), (f[2], f[3]))
+            for c, b, box, f in zip(crops, bases, boxes, frames, strict=True)
+        ]
+    )
+    together = pre.update_many(crops, bases, boxes, frames)
+    assert together is not None and torch.equal(together, each)
+    g_each = torch.autograd.grad((each * weights).sum(), crops, allow_unused=True)
+    g_together = torch.autograd.grad((together * weights).sum(), crops, allow_unused=True)
+    for a, b in zip(g_each, g_together, strict=True):
+        assert (a is None) == (b is None) or (a is None and not b.any())
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_batched_windows_leave_other_backends_to_each_image():
+    pre = PREPROCESSINGS["opencv-linear"]
+    image = make_image(48, 64)
+    assert pre.update_many([image], [pre(image)], [(4, 4, 10, 10)], [(0, 0, 48, 64)]) is None
+
+
+@pytest.mark.parametrize("name", ["pil", "spec-bicubic"])
+def test_windowed_correction_with_batched_windows_is_the_same(tiny, name):
+    images, masks = masked_images(3)
+    target = torch.randint(0, 10, (len(images),), generator=torch.Generator().manual_seed(1))
+    results = []
+    for batched in (False, True):
+        clf = TorchClassifier(tiny.model, PREPROCESSINGS[name], batched_windows=batched)
+        bases = [clf.inputs([img])[0] for img in images]
+        results.append(correct(clf, images, masks, target, bases=bases, max_steps=6, alpha=0.2))
+    assert results[0].steps.max() > 0
+    assert_same(*results)
+
+
+def test_windows_too_different_for_slots_go_image_by_image(monkeypatch, tiny):
+    from adaptanon.method.solvers import slots as slots_module
+
+    monkeypatch.setattr(slots_module, "MAX_PADDING", 0.0)  # never pad: a list of windows
+    images, masks = masked_images(2)
+    target = torch.arange(len(images)) % 10
+    full, windowed = run_both(monkeypatch, tiny, images, masks, target, max_steps=8, alpha=0.3)
+    assert int(windowed.steps.max()) > 0
+    assert_same(full, windowed)

@@ -609,6 +609,36 @@ OPS: dict[str, OpFn] = {
 }
 """The ONNX ops :class:`OnnxModule` runs, each a function ``(inputs, attributes, opset)``."""
 
+HOST_OPS = frozenset(
+    {"Shape", "Size", "Gather", "Concat", "Unsqueeze", "Squeeze", "Slice", "Cast", "Identity"}
+    | {"Reshape", "Transpose", "ConstantOfShape", "Range"}
+    | {"Add", "Sub", "Mul", "Div", "Equal", "Less", "Greater", "Where", "Not", "Max", "Min"}
+)
+"""Ops that compute shapes: run on the host when every input is a host value (``Shape``
+and ``Size`` read only their input's shape)."""
+
+HOST_ARGS: dict[str, frozenset[int]] = {
+    "Reshape": frozenset({1}),
+    "Slice": frozenset({1, 2, 3, 4}),
+    "Expand": frozenset({1}),
+    "Tile": frozenset({1}),
+    "Unsqueeze": frozenset({1}),
+    "Squeeze": frozenset({1}),
+    "Split": frozenset({1}),
+    "Pad": frozenset({1, 2, 3}),
+    "Resize": frozenset({1, 2, 3}),
+    "Upsample": frozenset({1}),
+    "ConstantOfShape": frozenset({0}),
+    "Range": frozenset({0, 1, 2}),
+    "Clip": frozenset({1, 2}),
+    **{op: frozenset({1}) for op in ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin")},
+}
+"""The inputs each op reads as Python numbers (shapes, axes, pads, bounds): given as host
+tensors, so that reading them does not wait for the device."""
+
+HOST_CONSTANT_SIZE = 64
+"""Constants of at most this many elements also have a host copy, for :data:`HOST_ARGS`."""
+
 
 def _attribute(attr: Any) -> Any:
     from onnx import helper, numpy_helper
@@ -659,9 +689,14 @@ class OnnxModule(nn.Module):
             )
         self.params = nn.ParameterList()
         self.slots: dict[str, tuple[str, int]] = {}
+        # Small constants and shape values stay on the host (plain attributes, which
+        # .to(device) does not move), so that shapes never wait for the device.
+        self.host: dict[str, Tensor] = {}
         constants: list[Tensor] = []
         for init in graph.initializer:
             tensor = torch.from_numpy(numpy_helper.to_array(init).copy())
+            if tensor.numel() <= HOST_CONSTANT_SIZE:
+                self.host[init.name] = tensor
             if tensor.is_floating_point():
                 self.slots[init.name] = ("param", len(self.params))
                 self.params.append(nn.Parameter(tensor, requires_grad=False))
@@ -678,15 +713,34 @@ class OnnxModule(nn.Module):
         ]
         self.output_name = graph.output[0].name
         self.nodes: list[tuple[str, list[str], list[str], Attrs]] = []
+        shaped: set[str] = set()  # host values that depend on the input's shape
         for node in graph.node:
             attrs = {a.name: _attribute(a) for a in node.attribute}
             attrs["_outputs"] = len(node.output)
+            names = [n for n in node.input if n]
             if node.op_type == "Constant":  # a buffer, so that it moves with the module
                 tensor = op_constant([], attrs, self.opset)
                 self.slots[node.output[0]] = ("const", len(constants))
                 constants.append(tensor)
+                if tensor.numel() <= HOST_CONSTANT_SIZE:
+                    self.host[node.output[0]] = tensor
                 continue
+            if node.op_type in HOST_OPS and (
+                node.op_type in ("Shape", "Size")
+                or all(n in self.host or n in shaped for n in names)
+            ):
+                if node.op_type not in ("Shape", "Size") and not any(n in shaped for n in names):
+                    # Constants only: folded now, once.
+                    args = [self.host[n] if n else None for n in node.input]
+                    folded = OPS[node.op_type](args, attrs, self.opset)
+                    for name, value in zip(node.output, _tuple(folded), strict=False):
+                        self.host[name] = value
+                    continue
+                shaped.update(node.output)
             self.nodes.append((node.op_type, list(node.input), list(node.output), attrs))
+        self.shaped = frozenset(shaped)
+        # Shape values per input shape: computed at the first call with that shape.
+        self._shapes: dict[tuple[int, ...], dict[str, Tensor]] = {}
         for i, tensor in enumerate(constants):
             self.register_buffer(f"const{i}", tensor)
         self.stripped_softmax = False
@@ -712,24 +766,53 @@ class OnnxModule(nn.Module):
         return buffer
 
     def forward(self, x: Tensor) -> Tensor:
-        """Run the graph on the image batch ``x`` (laid out as the graph's input)."""
+        """Run the graph on the image batch ``x`` (laid out as the graph's input).
+
+        Shape computations (:data:`HOST_OPS` on shapes and constants) run on the host once
+        per input shape; ops read their :data:`HOST_ARGS` from the host: the device is
+        never asked for a value.
+        """
+        key = tuple(x.shape)
+        known = self._shapes.get(key)
         env: dict[str, Tensor] = {self.input_name: x}
+        if known is not None:
+            env.update(known)
+        shapes: dict[str, Tensor] = {}
         for op, names, outs, attrs in self.nodes:
+            on_host = outs[0] in self.shaped
+            if on_host and known is not None:
+                continue
+            host_args = HOST_ARGS.get(op, frozenset())
             args: list[Value] = []
-            for name in names:
+            for i, name in enumerate(names):
                 if not name:
                     args.append(None)
-                elif name in env:
-                    args.append(env[name])
-                else:
+                elif on_host or i in host_args:
+                    args.append(env[name] if name in env else self._host_value(name))
+                elif name in self.slots:
                     args.append(self._value(name))
+                else:  # a value on the host (a shape, or a constant folded at load)
+                    value = env[name] if name in env else self.host[name]
+                    args.append(value if value.device == x.device else value.to(x.device))
             try:
                 result = OPS[op](args, attrs, self.opset)
             except (NotImplementedError, KeyError) as exc:
                 raise ValueError(f"ONNX op {op} ({', '.join(outs)}): not supported: {exc}") from exc
-            if isinstance(result, Tensor):
-                result = (result,)
-            for name, value in zip(outs, result, strict=False):
-                if name:
+            for name, value in zip(outs, _tuple(result), strict=False):
+                if not name:
+                    continue
+                if on_host:
+                    env[name] = shapes[name] = value
+                else:
                     env[name] = value if value.device == x.device else value.to(x.device)
+        if known is None and len(self._shapes) < 64:
+            self._shapes[key] = shapes
         return env[self.output_name]
+
+    def _host_value(self, name: str) -> Tensor:
+        """A constant on the host (its host copy when small, else the buffer itself)."""
+        return self.host[name] if name in self.host else self._value(name)
+
+
+def _tuple(result: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    return (result,) if isinstance(result, Tensor) else result

@@ -11,6 +11,7 @@ solver uses to accept an image only when the criterion holds under each of them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Self
 
@@ -114,9 +115,11 @@ class RobustClassifier:
         """``(B, V, ...)`` inputs -> ``(B, V, N)`` logits, in one model batch."""
         b, v = inputs.shape[:2]
         flat = inputs.reshape(b * v, *inputs.shape[2:])
-        if flat.is_cuda:
-            flat = flat.contiguous(memory_format=torch.channels_last)
         return self.base.forward(flat).reshape(b, v, -1)
+
+    def gradient_context(self) -> AbstractContextManager[None]:
+        """The wrapped classifier's (see :meth:`TorchClassifier.gradient_context`)."""
+        return self.base.gradient_context()
 
     def variant_logits(
         self,

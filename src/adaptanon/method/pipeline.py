@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from adaptanon.classifiers import Classifier
+from adaptanon.classifiers.base import gradient_context
 from adaptanon.classifiers.robust import robust as robust_classifier
 from adaptanon.io.codecs import Codec, to_pixels
 from adaptanon.method.criteria import Criterion, SameClass, logit_margin
@@ -123,7 +124,8 @@ def classify_originals(
     with torch.enable_grad():
         logits = classifier.forward(inputs)
         loss = F.cross_entropy(logits, logits.argmax(1), reduction="sum")
-        (grad,) = torch.autograd.grad(loss, [inputs])
+        with gradient_context(classifier):
+            (grad,) = torch.autograd.grad(loss, [inputs])
     return logits.detach(), list(grad.abs().sum(1)), inputs.detach()
 
 

@@ -2,15 +2,16 @@
 classifier's view inside the input image.
 
 :class:`Preprocess` is torchvision's ``Resize`` (PIL bilinear, shorter side) +
-``CenterCrop`` + ``Normalize`` on a PIL image, bit for bit (:mod:`.pil`).
+``CenterCrop`` + ``Normalize`` on a PIL image, bit for bit (:mod:`.pil`): the
+``torchvision-pil`` spec with its sizes and statistics.
 :class:`PreprocessSpec` declares any loader adaptanon reproduces (Pillow, OpenCV or
 ``F.interpolate`` resizing; crop, squash or letterbox; channel order, range, mean and std);
 :func:`parse_preprocess` makes one from a preset name or JSON (:mod:`.spec`)."""
 
+from adaptanon.preprocessing.geometry import ViewGeometry
 from adaptanon.preprocessing.pil import (
     Preprocess,
     PreprocessModule,
-    ViewGeometry,
     pil_resize,
     pil_vertical_first,
 )

@@ -70,6 +70,48 @@ def _move(array: np.ndarray, like: Tensor) -> Tensor:
     return torch.from_numpy(array).to(like.device)
 
 
+_DENSE_SPAN = 3  # a pass reading at most this many inputs per output uses a dense matrix
+_DENSE_BAND = 4  # ...as does a band of at most this many times K outputs
+
+
+def dense_weights(taps: Taps, start: int, stop: int) -> np.ndarray:
+    """``(n, span)`` float64 matrix of outputs ``start..stop-1`` over the inputs
+    :meth:`Taps.reads` gives for them (a padding tap adds a zero)."""
+    first, last = taps.reads(start, stop)
+    index = taps.index[start:stop] - first
+    matrix = np.zeros((index.shape[0], last - first))
+    rows = np.repeat(np.arange(index.shape[0]), index.shape[1])
+    np.add.at(matrix, (rows, index.ravel()), taps.weight[start:stop].ravel())
+    return matrix
+
+
+@lru_cache(maxsize=1024)
+def _pass_operands(
+    taps: Taps, start: int, stop: int, device: torch.device
+) -> tuple[Tensor | None, list[tuple[Tensor, Tensor]]]:
+    """How :func:`linear_pass` computes outputs ``start..stop-1`` of ``taps`` on
+    ``device``, made once: a dense ``(n, span)`` float64 matrix when that is cheaper (mild
+    downscaling, or a narrow band such as a window's), else each tap's ``(n,)`` index
+    (relative to the first input read) and ``(n,)`` weight."""
+    first, last = taps.reads(start, stop)
+    index = taps.index[start:stop] - first
+    weight = taps.weight[start:stop]
+    n, span, k = index.shape[0], last - first, index.shape[1]
+    # Dense only while it stays small: an upscaled axis (a 10-pixel side resized to
+    # 256000) would otherwise ask for an n x in_size matrix (20 GB), and a strong
+    # downscale of a whole image multiplies mostly zeros. Both ways sum exactly.
+    if (span <= _DENSE_SPAN * n or n <= _DENSE_BAND * k) and n * span <= _MAX_DENSE_ENTRIES:
+        return torch.from_numpy(dense_weights(taps, start, stop)).to(device), []
+    terms = [
+        (
+            torch.from_numpy(np.ascontiguousarray(index[:, j])).to(device),
+            torch.from_numpy(np.ascontiguousarray(weight[:, j])).to(device),
+        )
+        for j in range(k)
+    ]
+    return None, terms
+
+
 def linear_pass(x: Tensor, taps: Taps, dim: int, start: int, stop: int) -> Tensor:
     """The weighted sums of outputs ``start..stop-1`` of ``taps`` along ``dim``.
 
@@ -82,18 +124,14 @@ def linear_pass(x: Tensor, taps: Taps, dim: int, start: int, stop: int) -> Tenso
         ``(C, h, W)`` or ``(C, H, w)`` float64, exact when every product and partial sum is
         representable (fixed-point weights on 8-bit or integer values).
     """
-    first, last = taps.reads(start, stop)
-    index = taps.index[start:stop] - first
-    weight = taps.weight[start:stop]
-    n, span = index.shape[0], last - first
-    if n * span <= _MAX_DENSE_ENTRIES:
-        matrix = np.zeros((n, span))
-        np.add.at(matrix, (np.repeat(np.arange(n), index.shape[1]), index.ravel()), weight.ravel())
-        m = _move(matrix, x)
-        return x @ m.T if dim == 2 else m @ x
+    matrix, terms = _pass_operands(taps, start, stop, x.device)
+    if matrix is not None:
+        return x @ matrix.T if dim == 2 else matrix @ x
+    shape = [1, 1, 1]
+    shape[dim] = -1
     out = x.new_zeros(0)
-    for k in range(index.shape[1]):
-        term = x.index_select(dim, _move(index[:, k], x)) * _weight_view(weight[:, k], x, dim)
+    for k, (index, weight) in enumerate(terms):
+        term = x.index_select(dim, index) * weight.to(x.dtype).reshape(shape)
         out = term if k == 0 else out + term
     return out
 
@@ -317,12 +355,17 @@ def pil_nearest_taps(in_size: int, out_size: int) -> Taps:
     return Taps(index, np.ones((out_size, 1)), in_size)
 
 
-def pil_pass(x: Tensor, taps: Taps, dim: int, start: int, stop: int) -> Tensor:
-    """One Pillow pass: the fixed-point sum, rounded half up and clamped to 0..255."""
-    linear = linear_pass(x, taps, dim, start, stop)
+def pil_round(linear: Tensor) -> Tensor:
+    """Pillow's rounding of a pass's fixed-point sums: half up, clamped to 0..255, with a
+    straight-through gradient (a no-op on whole values in range)."""
     with torch.no_grad():
         exact = linear.add(0.5).floor_().clamp_(0.0, 255.0)
     return straight_through(linear, exact)
+
+
+def pil_pass(x: Tensor, taps: Taps, dim: int, start: int, stop: int) -> Tensor:
+    """One Pillow pass: the fixed-point sum, rounded half up and clamped to 0..255."""
+    return pil_round(linear_pass(x, taps, dim, start, stop))
 
 
 def nearest_pass(x: Tensor, taps: Taps, dim: int, start: int, stop: int) -> Tensor:
@@ -340,8 +383,11 @@ def pil_order(in_h: int, in_w: int, out_h: int, out_w: int, name: str) -> bool:
 
     Pillow ran the horizontal pass first until version 13, which may run the vertical pass
     first when the height shrinks much more than the width (python-pillow/Pillow#9549).
-    As :func:`.pil.pil_vertical_first` does for bilinear, ask Pillow: resize a random image
-    once and see which order reproduces the central window of its output.
+    Rather than copy a rule that may change again, ask Pillow: resize a random image of
+    this size once and see which order reproduces it. Only a central window of at most
+    :data:`_PROBE_WINDOW` pixels square is emulated and compared (the orders differ by
+    their intermediate rounding, which random pixels show everywhere), so that the probe
+    costs about Pillow's own 8-bit resize even for an extreme upscale.
     """
     if in_h == out_h or in_w == out_w or in_h - out_h <= in_w - out_w:
         return False
@@ -351,13 +397,16 @@ def pil_order(in_h: int, in_w: int, out_h: int, out_w: int, name: str) -> bool:
     rows = slice(r0, min(out_h, r0 + _PROBE_WINDOW))
     cols = slice(c0, min(out_w, c0 + _PROBE_WINDOW))
     expected = torch.from_numpy(resized[rows, cols].copy()).permute(2, 0, 1).to(torch.float64)
-    image = torch.from_numpy(pixels).permute(2, 0, 1).to(torch.float64) / 255.0
     taps_v, taps_h = pil_taps(in_h, out_h, name), pil_taps(in_w, out_w, name)
+    # Only the input window the central outputs read is emulated, whatever the sizes.
+    (y0, y1), (x0, x1) = taps_v.reads(rows.start, rows.stop), taps_h.reads(cols.start, cols.stop)
+    window = torch.from_numpy(pixels[y0:y1, x0:x1].copy()).permute(2, 0, 1) / 255.0
     with torch.no_grad():
         mismatches = [
             int(
                 (
-                    separable(image, taps_v, taps_h, pil_pass, pil_pass, o, rows, cols) != expected
+                    separable(window, taps_v, taps_h, pil_pass, pil_pass, o, rows, cols, (y0, x0))
+                    != expected
                 ).sum()
             )
             for o in (False, True)

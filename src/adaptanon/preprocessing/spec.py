@@ -24,17 +24,29 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from adaptanon.preprocessing.geometry import ViewGeometry, check_resized
 from adaptanon.preprocessing.opencv import check_cv_mode, cv_plan
-from adaptanon.preprocessing.pil import ViewGeometry
-from adaptanon.preprocessing.resample import PIL_FILTERS, Plan, pil_plan, run_plan, straight_through
+from adaptanon.preprocessing.resample import (
+    PIL_FILTERS,
+    Plan,
+    dense_weights,
+    pil_plan,
+    pil_round,
+    run_plan,
+    straight_through,
+    to_8bit,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -361,6 +373,80 @@ def parse_preprocess(value: str | PreprocessSpec | dict[str, Any]) -> SpecPrepro
     return SpecPreprocess(parse_spec(value))
 
 
+@lru_cache(maxsize=8)
+def _many_operands(
+    pre: SpecPreprocess,
+    key: tuple[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]], ...],
+    pad_to: tuple[int, int] | None,
+    device: torch.device,
+) -> tuple[tuple[int, ...], tuple[int, int], Tensor, Tensor, Tensor, bool] | None:
+    """What :meth:`SpecPreprocess.update_many` needs for a batch, made once per batch
+    composition: the images with a band, the padded window size (``pad_to``, else the
+    largest window's), the ``(b, 1, W, nc)`` horizontal and ``(b, 1, nr, H)`` vertical band
+    matrices in window coordinates, each band pixel's flat index in its view (padding: one
+    past the end) and the pass order."""
+    which: list[int] = []
+    parts = []
+    orders = set()
+    for i, (box, (top, left, height, width), (win_h, win_w)) in enumerate(key):
+        g = pre.geometry(height, width)
+        bands = pre._band(g, box)  # type: ignore[arg-type]
+        if bands is None:
+            continue
+        rows, cols = bands
+        tv, th, _, _, order = pre._plan(height, width, *g.resized)
+        y0, y1 = tv.reads(rows.start, rows.stop)
+        x0, x1 = th.reads(cols.start, cols.stop)
+        if y0 < top or x0 < left or y1 > top + win_h or x1 > left + win_w:
+            return None  # the window lacks pixels: update() says so image by image
+        if max(win_h, win_w) * max(rows.stop - rows.start, cols.stop - cols.start) > (
+            _MAX_BATCH_ENTRIES
+        ):
+            return None
+        orders.add(order)
+        which.append(i)
+        v, h = dense_weights(tv, rows.start, rows.stop), dense_weights(th, cols.start, cols.stop)
+        parts.append((g, rows, cols, v, h, y0 - top, x0 - left, win_h, win_w))
+    if len(orders) > 1:
+        return None
+    if not which:
+        return (), (0, 0), torch.zeros(0), torch.zeros(0), torch.zeros(0), False
+    height, width = pad_to or (max(p[7] for p in parts), max(p[8] for p in parts))
+    nr = max(p[3].shape[0] for p in parts)
+    nc = max(p[4].shape[0] for p in parts)
+    b = len(parts)
+    mh_t = np.zeros((b, 1, width, nc))
+    mv = np.zeros((b, 1, nr, height))
+    vh, vw = parts[0][0].view
+    index = np.full((b, 3, nr, nc), 3 * vh * vw, np.int64)
+    channel = np.arange(3)[:, None, None] * vh * vw
+    for j, (g, rows, cols, v, h, dy, dx, _, _) in enumerate(parts):
+        mh_t[j, 0, dx : dx + h.shape[1], : h.shape[0]] = h.T
+        mv[j, 0, : v.shape[0], dy : dy + v.shape[1]] = v
+        r = np.arange(rows.start - g.top, rows.stop - g.top)[:, None]
+        c = np.arange(cols.start - g.left, cols.stop - g.left)[None, :]
+        index[j, :, : r.shape[0], : c.shape[1]] = channel + r * vw + c
+    return (
+        tuple(which),
+        (height, width),
+        torch.from_numpy(mh_t).to(device),
+        torch.from_numpy(mv).to(device),
+        torch.from_numpy(index.reshape(b, -1)).to(device),
+        orders.pop(),
+    )
+
+
+_MAX_BATCH_ENTRIES = 1 << 20
+"""Largest band matrix (entries, window side x band side) :meth:`SpecPreprocess.update_many`
+batches; a larger window is computed image by image."""
+
+
+@lru_cache(maxsize=64)
+def _channels(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``(3, 1, 1)`` per-channel constants on ``device``, made once (not at every call)."""
+    return torch.tensor(values, dtype=dtype, device=device).view(3, 1, 1)
+
+
 @dataclass(frozen=True)
 class SpecPreprocess:
     """A :class:`PreprocessSpec` as the differentiable preprocessing a
@@ -391,6 +477,7 @@ class SpecPreprocess:
         """Where the model's view lies in a ``height x width`` input."""
         s = self.spec
         new_h, new_w = self.resized_size(height, width)
+        check_resized(height, width, (new_h, new_w))
         if s.letterbox:
             box_h, box_w = _pair(s.resize)
             top, left = -((box_h - new_h) // 2), -((box_w - new_w) // 2)
@@ -472,7 +559,7 @@ class SpecPreprocess:
         """8-bit values (float64) or ``[0, 1]`` floats -> normalised float32.
 
         8-bit values are normalised in float64 and then rounded to float32 (as
-        :class:`.pil.Preprocess`); float images in their own dtype, as ``Normalize`` does.
+        the usual ImageNet loader does); float images in their own dtype, as ``Normalize`` does.
         """
         s = self.spec
         if self._eight_bit():
@@ -481,10 +568,8 @@ class SpecPreprocess:
         else:
             x = pixels * 255.0 if s.pixel_range == "0-255" else pixels
             dtype = pixels.dtype
-        mean = torch.tensor(s.mean, dtype=dtype, device=x.device).view(3, 1, 1)
-        std = torch.tensor(s.std, dtype=dtype, device=x.device).view(3, 1, 1)
-        out = ((x - mean) / std).to(torch.float32)
-        return out
+        mean, std = _channels(s.mean, dtype, x.device), _channels(s.std, dtype, x.device)
+        return ((x - mean) / std).to(torch.float32)
 
     def update(
         self,
@@ -524,6 +609,70 @@ class SpecPreprocess:
         out = base.detach().clone()
         r0, c0 = band_rows.start - g.top, band_cols.start - g.left
         out[:, r0 : r0 + band.shape[-2], c0 : c0 + band.shape[-1]] = band
+        return out
+
+    def update_many(
+        self,
+        images: Sequence[Tensor] | Tensor,
+        bases: Sequence[Tensor],
+        boxes: Sequence[tuple[int, int, int, int]],
+        frames: Sequence[tuple[int, int, int, int]],
+        sizes: Sequence[tuple[int, int]] | None = None,
+    ) -> Tensor | None:
+        """``stack([update(x, base, box, (top, left), (h, w)) ...])`` for ``B`` window
+        crops (``frames``: ``(top, left, h, w)`` each), computed for the whole batch at
+        once: the windows, padded at the bottom and right into one ``(B, 3, H, W)``
+        tensor, go through two batched products with the band matrices (zero-padded,
+        cached per batch), so a step costs a few kernels, not a few per image. The values
+        are :meth:`update`'s (exact sums); the gradient sums the same terms in another
+        order.
+
+        Args:
+            images: ``B`` windows, or a ``(B, 3, H, W)`` tensor holding them padded, with
+                their ``sizes`` ``(h, w)``.
+
+        Returns:
+            ``(B, 3, h, w)`` model inputs, or None when this spec cannot (backend other
+            than ``pil``, Pillow's pass order differing within the batch, a band too
+            large): then call :meth:`update` per image.
+        """
+        if self.spec.backend != "pil" or len(images) == 0:
+            return None
+        if sizes is None:
+            sizes = [(int(x.shape[-2]), int(x.shape[-1])) for x in images]
+        pad_to = None
+        if isinstance(images, Tensor):
+            pad_to = (int(images.shape[-2]), int(images.shape[-1]))
+        key = tuple(
+            (tuple(box), tuple(frame), tuple(size))
+            for box, frame, size in zip(boxes, frames, sizes, strict=True)
+        )
+        ops = _many_operands(self, key, pad_to, bases[0].device)
+        if ops is None:
+            return None
+        which, (height, width), mh_t, mv, index, vertical_first = ops
+        out = torch.stack([b.detach() for b in bases])
+        if not which:
+            return out
+        if isinstance(images, Tensor):
+            windows = images if len(which) == len(images) else images[list(which)]
+        else:
+            windows = torch.stack(
+                [F.pad(images[i], (0, width - sizes[i][1], 0, height - sizes[i][0])) for i in which]
+            )
+        x = to_8bit(windows)
+        if vertical_first:
+            pixels = pil_round(pil_round(mv @ x) @ mh_t)
+        else:
+            pixels = pil_round(mv @ pil_round(x @ mh_t))
+        if self.spec.channels == "BGR":
+            pixels = pixels.flip(1)
+        band = self._normalize(pixels)
+        b = len(which)
+        flat = torch.cat([out[list(which)].flatten(1), out.new_zeros(b, 1)], 1)
+        flat = flat.scatter(1, index, band.flatten(1))
+        out = out.clone()
+        out[list(which)] = flat[:, :-1].reshape(b, *out.shape[1:])
         return out
 
     def _band(self, g: SpecGeometry, box: tuple[int, int, int, int]) -> tuple[slice, slice] | None:

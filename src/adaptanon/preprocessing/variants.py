@@ -19,7 +19,6 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from adaptanon.preprocessing.pil import Preprocess
 from adaptanon.preprocessing.spec import PreprocessSpec, SpecPreprocess
 
 JPEG_QUALITIES = (75, 90)
@@ -74,14 +73,11 @@ class Variant:
 
 
 def spec_of(preprocess: object) -> PreprocessSpec | None:
-    """The :class:`PreprocessSpec` of a declared preprocessing (a :class:`SpecPreprocess`
-    or the built-in models' :class:`Preprocess`), None for any other callable."""
+    """The :class:`PreprocessSpec` of a declared preprocessing (a :class:`SpecPreprocess`,
+    the built-in models' :class:`~.pil.Preprocess` among them), None for any other
+    callable."""
     if isinstance(preprocess, SpecPreprocess):
         return preprocess.spec
-    if isinstance(preprocess, Preprocess):
-        return PreprocessSpec(
-            resize=preprocess.resize, crop=preprocess.crop, mean=preprocess.mean, std=preprocess.std
-        )
     return None
 
 

@@ -21,9 +21,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from adaptanon.classifiers import Classifier
+from adaptanon.classifiers.base import VariantClassifier, WindowedClassifier, gradient_context
 from adaptanon.io.codecs import Codec
 from adaptanon.method.criteria import Criterion, SameClass, logit_margin
 from adaptanon.method.solvers.base import Solver, SolverResult
+from adaptanon.method.solvers.slots import Slots, project
 
 
 @dataclass
@@ -82,27 +84,27 @@ def normalized_step(grad: Tensor, mask: Tensor, alpha: float) -> Tensor:
     """
     g = torch.where(mask, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
     peak = g.abs().max()
-    if peak == 0:
-        return torch.zeros_like(g)
-    return -alpha * g / peak
+    # Without a branch on peak, so that the host need not wait for the device.
+    return -alpha * g / torch.where(peak == 0, torch.ones_like(peak), peak)
 
 
-def mask_box(mask: Tensor) -> tuple[int, int, int, int] | None:
-    """Bounding box ``(x0, y0, x1, y1)`` (half-open) of a ``(1, H, W)`` mask; None if empty."""
-    rows = mask[0].any(1).nonzero()
-    cols = mask[0].any(0).nonzero()
-    if len(rows) == 0:
-        return None
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
-
-
-def project(image: Tensor, start: Tensor, mask: Tensor, delta: float | None) -> Tensor:
-    """Clamp to ``[0, 1]``, to the L-inf ball of radius ``delta`` around ``start`` inside
-    ``mask``, and to ``start`` outside it. All ``(3, H, W)`` except ``mask`` ``(1, H, W)``."""
-    x = image.clamp(0.0, 1.0)
-    if delta is not None:
-        x = torch.minimum(torch.maximum(x, start - delta), start + delta)
-    return torch.where(mask, x, start)
+def mask_boxes(masks: Sequence[Tensor]) -> list[tuple[int, int, int, int] | None]:
+    """Bounding box ``(x0, y0, x1, y1)`` (half-open) of each ``(1, H, W)`` mask, None for
+    an empty one; the masks' row and column profiles come to the host in one transfer."""
+    if not masks:
+        return []
+    profiles = torch.cat([torch.cat([m[0].any(1), m[0].any(0)]) for m in masks]).cpu().numpy()
+    boxes: list[tuple[int, int, int, int] | None] = []
+    at = 0
+    for m in masks:
+        h, w = m.shape[-2], m.shape[-1]
+        rows, cols = profiles[at : at + h].nonzero()[0], profiles[at + h : at + h + w].nonzero()[0]
+        at += h + w
+        empty = len(rows) == 0
+        boxes.append(
+            None if empty else (int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1)
+        )
+    return boxes
 
 
 def correct(
@@ -146,8 +148,8 @@ def correct(
         ``max_steps`` or whose gradient vanished.
     """
     check_step_params(alpha, max_steps, delta)
-    if target.dim() == 2 and not hasattr(classifier, "variant_logits"):
-        raise ValueError("a (B, V) target needs a classifier with variant_logits (--robust)")
+    if target.dim() == 2 and not isinstance(classifier, VariantClassifier):
+        raise ValueError("a (B, V) target needs a VariantClassifier (--robust)")
     criterion = criterion or SameClass()
     if criterion.needs_reference and reference is None:
         raise ValueError(
@@ -207,7 +209,7 @@ def _descend(
     start = [img.detach().to(device, torch.float32) for img in images]
     masks = [m.to(device) for m in masks]
     state = [s.clone() for s in start]
-    boxes = [mask_box(m) for m in masks] if bases is not None and codec.lossless else None
+    boxes = mask_boxes(masks) if bases is not None and codec.lossless else None
     windows = _windows(classifier, masks, boxes) if not robust else None
     full_start = start
     frames: list[tuple[int, int, int, int]] = []
@@ -218,55 +220,62 @@ def _descend(
         start = [s[:, w[1] : w[3], w[0] : w[2]].clone() for s, _, w in pairs]
         masks = [m[:, w[1] : w[3], w[0] : w[2]] for _, m, w in pairs]
         state = [s.clone() for s in start]
+    # The windows as one padded batch, stepped together (image by image otherwise).
+    slots = Slots.make(start, masks) if windows is not None else None
     stored: list[Tensor] = [s for s in start]
     initial: list[Tensor] = [s for s in start]
+    if reference is not None:
+        reference = reference.to(device)
     success = torch.zeros(n, dtype=torch.bool)
     steps = torch.zeros(n, dtype=torch.long)
     initial_logits: Tensor | None = None
     final_logits: Tensor | None = None
     active = list(range(n))
     for step in range(max_steps + 1):
-        leaves = [state[i].requires_grad_(True) for i in active]
-        seen = [codec.roundtrip(x) for x in leaves]
-        part = (
-            ([bases[i] for i in active], [boxes[i] for i in active])
-            if boxes is not None and bases is not None
-            else (None, None)
-        )
+        padded: Tensor | None = None
+        if slots is not None:
+            leaf, padded = slots.leaves(active, codec)
+            seen = slots.views(padded, active)
+        else:
+            leaves = [state[i].requires_grad_(True) for i in active]
+            seen = [codec.roundtrip(x) for x in leaves]
+        part_bases = [bases[i] for i in active] if boxes is not None and bases is not None else None
+        part_boxes = [boxes[i] for i in active] if boxes is not None and bases is not None else None
+        # The view batch is cut from the preprocessing's graph: the model runs forward and
+        # backward on one fixed-shape tensor, then its gradient goes back to the pixels.
         if robust:
-            every = cast(Any, classifier).variant_logits(seen, *part)
+            variants = cast(VariantClassifier, classifier)
+            inputs = variants.variant_inputs(seen, part_bases, part_boxes)
+            view = inputs.detach().requires_grad_(True)
+            every = variants.variant_forward(view)
             logits = every[:, 0]
-            ref = (
-                torch.softmax(every.detach(), 2)
-                if reference is None
-                else reference.to(device)[active]
-            )
-            ok = robust_ok(criterion, every.detach(), target[active], ref).cpu()
+            ref = torch.softmax(every.detach(), 2) if reference is None else reference[active]
+            passed = robust_ok(criterion, every.detach(), target[active], ref)
             if variant_logits is None:
                 variant_logits = every.detach().new_zeros(n, *every.shape[1:])
             variant_logits[active] = every.detach()
-        elif windows is not None:
-            logits = cast(Any, classifier).logits(seen, *part, [frames[i] for i in active])
-            if reference is None:
-                ref = torch.softmax(logits.detach(), 1)
-            else:
-                ref = reference.to(device)[active]
-            ok = criterion(logits.detach(), target[active], ref).cpu()
         else:
-            logits = classifier.logits(seen, *part)
-            if reference is None:
-                ref = torch.softmax(logits.detach(), 1)
+            if windows is not None:
+                inputs = cast(WindowedClassifier, classifier).inputs(
+                    seen, part_bases, part_boxes, [frames[i] for i in active], padded
+                )
             else:
-                ref = reference.to(device)[active]
-            ok = criterion(logits.detach(), target[active], ref).cpu()
+                inputs = classifier.inputs(seen, part_bases, part_boxes)
+            view = inputs.detach().requires_grad_(True)
+            logits = classifier.forward(view)
+            ref = torch.softmax(logits.detach(), 1) if reference is None else reference[active]
+            passed = criterion(logits.detach(), target[active], ref)
+        ok = passed.cpu()  # the step's one transfer of pass/fail flags
         if initial_logits is None or final_logits is None:
             initial_logits = logits.detach().new_zeros(n, logits.shape[1])
             final_logits = initial_logits.clone()
             initial_logits[active] = logits.detach()
-            initial = [x.detach() for x in seen]
+            if slots is None:
+                initial = [x.detach() for x in seen]
         final_logits[active] = logits.detach()
         for j, i in enumerate(active):
-            stored[i] = seen[j].detach()
+            if slots is None:  # slots give their stored images at the end
+                stored[i] = seen[j].detach()
             steps[i] = step
             success[i] = bool(ok[j])
         todo = [j for j in range(len(active)) if not ok[j]]
@@ -276,28 +285,31 @@ def _descend(
             loss = _robust_loss(every[todo], target[active][todo])
         else:
             loss = F.cross_entropy(logits[todo], target[active][todo], reduction="sum")
+        # Gradients through the model: TF32 allowed, cuDNN tuned for its fixed shapes; the
+        # forward passes that decide ran in the classifier's own precision (full fp32).
+        with gradient_context(classifier):
+            (view_grad,) = torch.autograd.grad(loss, [view])
         # A region the classifier's view does not reach has no gradient (None): it stops.
-        grads = (
-            torch.autograd.grad(loss, [leaves[j] for j in todo], allow_unused=True)
-            if loss.requires_grad
-            else [None] * len(todo)
-        )
-        still: list[int] = []
-        for j, g in zip(todo, grads, strict=True):
-            i = active[j]
-            if g is None:
-                continue
-            update = normalized_step(g, masks[i], alpha)
+        if slots is not None:
+            (grad,) = (
+                torch.autograd.grad([inputs], [leaf], [view_grad], allow_unused=True)
+                if inputs.requires_grad
+                else (None,)
+            )
+            todo_rows = [active[j] for j in todo]
             with torch.no_grad():
-                state[i] = project(state[i].detach() + update, start[i], masks[i], delta)
-            if bool(update.abs().max() > 0):
-                still.append(i)
-        active = still
+                active = [] if grad is None else slots.step(todo_rows, grad[todo], alpha, delta)
+        else:
+            active = _step_each(
+                active, todo, leaves, inputs, view_grad, state, start, masks, alpha, delta
+            )
         if not active:
             break
     for s in state:
         s.requires_grad_(False)
     assert initial_logits is not None and final_logits is not None
+    if slots is not None:
+        state, stored, initial = slots.images(codec)
     if windows is not None:
         state, stored, initial = _paste(codec, full_start, windows, state, stored)
     if robust:
@@ -322,6 +334,41 @@ def _descend(
     )
 
 
+def _step_each(
+    active: list[int],
+    todo: list[int],
+    leaves: list[Tensor],
+    inputs: Tensor,
+    view_grad: Tensor,
+    state: list[Tensor],
+    start: list[Tensor],
+    masks: list[Tensor],
+    alpha: float,
+    delta: float | None,
+) -> list[int]:
+    """One step image by image (images of any sizes): the gradient of ``inputs`` (given
+    ``view_grad``) to the ``todo`` leaves, each image's normalised update, projected, in
+    ``state``; returns the images that moved, with one transfer to the host."""
+    grads = (
+        torch.autograd.grad([inputs], [leaves[j] for j in todo], [view_grad], allow_unused=True)
+        if inputs.requires_grad
+        else [None] * len(todo)
+    )
+    stepped: list[int] = []
+    moved: list[Tensor] = []
+    with torch.no_grad():
+        for j, g in zip(todo, grads, strict=True):
+            i = active[j]
+            if g is None:
+                continue
+            update = normalized_step(g, masks[i], alpha)
+            state[i] = project(state[i].detach() + update, start[i], masks[i], delta)
+            stepped.append(i)
+            moved.append(update.abs().max() > 0)
+    flags = torch.stack(moved).cpu().tolist() if moved else []
+    return [i for i, m in zip(stepped, flags, strict=True) if m]
+
+
 def _windows(
     classifier: Classifier,
     masks: Sequence[Tensor],
@@ -329,9 +376,9 @@ def _windows(
 ) -> list[tuple[int, int, int, int]] | None:
     """Each image's window ``(x0, y0, x1, y1)`` for the windowed path (the whole image
     where the mask is empty), or None for the full path (see :data:`WINDOWED`)."""
-    input_window = getattr(classifier, "input_window", None)
-    if not WINDOWED or boxes is None or input_window is None:
+    if not WINDOWED or boxes is None or not isinstance(classifier, WindowedClassifier):
         return None
+    input_window = classifier.input_window
     windows = []
     for m, box in zip(masks, boxes, strict=True):
         h, w = m.shape[-2], m.shape[-1]
