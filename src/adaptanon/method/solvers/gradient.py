@@ -5,7 +5,7 @@ classifier's output and the original class, takes its gradient with respect to t
 pixels only, divides it per image by its largest absolute entry and moves by ``alpha``
 (in ``[0, 1]`` pixel units). The forward pass that gives a step's gradient is also that
 step's check: every image is classified as it would be stored (see
-:class:`~adaptanon.encoding.Codec`), and an image leaves the batch as soon as it meets the
+:class:`~adaptanon.io.codecs.Codec`), and an image leaves the batch as soon as it meets the
 criterion. The solver returns the images with a per-image success flag.
 """
 
@@ -130,7 +130,7 @@ def correct(
         target: ``(B,)`` original classes; ``(B, V)`` for a robust correction: each
             image's original class under each of the classifier's ``V`` loader variants
             (its ``variant_logits``), all of which must then meet the criterion.
-        criterion: when to stop (default: :class:`~adaptanon.criteria.SameClass`).
+        criterion: when to stop (default: :class:`~adaptanon.method.criteria.SameClass`).
         reference: ``(B, N)`` original probabilities, for probability-distance criteria
             (``(B, V, N)`` for a robust correction).
         alpha: step size in pixel units after normalising the gradient to max 1.
