@@ -8,6 +8,8 @@ import math
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -131,6 +133,19 @@ def onnx_providers(device: str, available: Sequence[str]) -> list[str | tuple[st
             "CPUExecutionProvider",
         ]
     return ["CPUExecutionProvider"]
+
+
+def onnx_session(model: str | bytes | Path, device: str) -> Any:
+    """An onnxruntime session for ``model`` (a path or serialized bytes) with torch's
+    thread count and the providers of :func:`onnx_providers` for ``device``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    providers = onnx_providers(device, ort.get_available_providers())
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=providers)
 
 
 def missing_extra(what: str, extra: str, exc: ImportError, also: str = "") -> ValueError:
