@@ -74,7 +74,7 @@ def detection_counts(
 ) -> dict[str, Any]:
     """Images with >= 1 face and >= 1 plate, and seconds per image of each detector and
     of one classifier forward pass (batch 1), on the same images."""
-    plates = parse_region_source("plates", DetectorOptions())
+    plates = parse_region_source("plates:haar", DetectorOptions())
     model = efficientnet_lite("efficientnet_lite0")
     seconds = {"classifier": 0.0, "faces": 0.0, "plates": 0.0}
     with_face = with_plate = 0
