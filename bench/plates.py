@@ -36,15 +36,12 @@ from typing import Any
 
 import torch
 from docs_section import update_section
-from imagenet_sample import plain_classes
+from written import evaluate_written
 
-from adaptanon.classifiers import DEFAULT_MODEL, efficientnet_lite, load_classifier
-from adaptanon.evaluate import Config, evaluate
 from adaptanon.evaluate.readability import PlateCheck, PlateReader, find_plate_truth
 from adaptanon.io import read_image
 from adaptanon.io.codecs import to_image
 from adaptanon.io.images import InputImage, collect_inputs
-from adaptanon.method import Outcome, Settings, parse_filter
 from adaptanon.records import Box
 from adaptanon.regions import (
     DetectorOptions,
@@ -58,7 +55,6 @@ from adaptanon.regions.detectors.text_plates import TextPlates
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path("../shared/data")
 FILTERS = ("blur", "mask", "mosaic", "yang")
-WRITTEN = ("unchanged", "corrected", "no_regions")
 FUSED = "plates+plates:haar"
 
 
@@ -164,45 +160,20 @@ def main() -> None:
         fires = {name: found_counts(b, [[] for _ in b]) for name, b in inet.items()}
         print(json.dumps({"imagenet": fires}), flush=True)
 
-    files = args.out / "files"
-    written: dict[str, list[tuple[Path, Path]]] = {f: [] for f in FILTERS}
-
-    def keep(config: Config, item: InputImage, out: Outcome) -> None:
-        if out.data is None or out.record.status not in WRITTEN:
-            return
-        path = files / config.filter / item.relative.with_suffix(".png")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(out.data)
-        written[config.filter].append((item.path, path))
-
-    configs = [
-        Config(DEFAULT_MODEL, f, Settings(filter=parse_filter(f)), "plates") for f in FILTERS
-    ]
-    for cached in (args.out / "eval" / "cache").glob("*.jsonl"):
-        cached.unlink()  # no cache reuse: every file is written by this run
-    summaries = evaluate(
+    rows = evaluate_written(
         cars,
-        args.out / "eval",
-        configs,
+        args.out,
+        FILTERS,
         Remembered(sources["plates"]),
-        lambda spec: load_classifier(spec),
-        batch_size=8,
-        on_outcome=keep,
+        "plates",
         plates=PlateCheck(truth, PlateReader()),
     )
-    model = efficientnet_lite("efficientnet_lite0").model
-    rows = []
-    for s in summaries:
-        pairs = written[s["filter"]]
-        originals = plain_classes(model, [a for a, _ in pairs])
-        outputs = plain_classes(model, [b for _, b in pairs])
-        changed = sum(a != b for a, b in zip(originals, outputs, strict=True))
-        rows.append({**s, "written": len(pairs), "changed_on_written_file": changed})
+    for row in rows:
         keys = ("filter", "plate_chars", "plate_chars_read_original_pct",
                 "plate_chars_read_plain_pct", "plate_chars_read_corrected_pct",
                 "changed_after_anonymization", "not_corrected", "mean_steps", "written",
                 "changed_on_written_file")  # fmt: skip
-        print(json.dumps({k: rows[-1].get(k) for k in keys}), flush=True)
+        print(json.dumps({k: row.get(k) for k in keys}), flush=True)
     minutes = (time.perf_counter() - start) / 60
     text = render(found, seconds, fires, rows, args, threads, minutes)
     print(text)

@@ -140,6 +140,8 @@ def test_plates_is_text_and_haar_stays_selectable():
     assert isinstance(haar, HaarPlates) and haar.describe() == "plates(haar>=3,x1.3)"
     image, box = plate_on(data.rocket(), "AB 123 CD", (300, 350), 24)
     assert all(d.label == "plate" for d in find(haar, image))
+    fused = parse_region_source("plates+plates:haar")
+    assert fused.describe() == "plates(text+tiles>0.5,x1.3)+plates(haar>=3,x1.3)"
 
 
 def test_missing_models_or_extra_name_the_install(monkeypatch):

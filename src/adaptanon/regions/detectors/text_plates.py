@@ -15,6 +15,7 @@ like one: width over height within :data:`ASPECT`, a number of characters within
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -54,32 +55,28 @@ def tiles(height: int, width: int, size: int, overlap: int) -> Iterator[tuple[in
             yield x0, y0, min(width, x0 + size), min(height, y0 + size)
 
 
+def same_line(a: Sequence[float], b: Sequence[float]) -> bool:
+    """Whether boxes ``a`` and ``b`` are words of one line: heights within a factor 1.5,
+    overlapping vertically by more than half the lower one, and a horizontal gap below the
+    taller one's height."""
+    ha, hb = a[3] - a[1], b[3] - b[1]
+    overlap = min(a[3], b[3]) - max(a[1], b[1])
+    gap = max(a[0], b[0]) - min(a[2], b[2])
+    return max(ha, hb) < 1.5 * min(ha, hb) and overlap > 0.5 * min(ha, hb) and gap < max(ha, hb)
+
+
 def join_lines(boxes: np.ndarray) -> np.ndarray:
-    """``(n, 4)`` boxes with the words of one line joined: two boxes are joined while
-    their heights differ by less than half, they overlap vertically by more than half the
-    lower one and the horizontal gap between them is below the taller one's height."""
-    merged = [list(map(float, b)) for b in boxes]
-    changed = True
-    while changed:
-        changed = False
-        for i in range(len(merged)):
-            for j in range(i + 1, len(merged)):
-                a, b = merged[i], merged[j]
-                ha, hb = a[3] - a[1], b[3] - b[1]
-                overlap = min(a[3], b[3]) - max(a[1], b[1])
-                gap = max(a[0], b[0]) - min(a[2], b[2])
-                if max(ha, hb) < 1.5 * min(ha, hb) and overlap > 0.5 * min(ha, hb):
-                    if gap < max(ha, hb):
-                        merged[i] = [
-                            min(a[0], b[0]),
-                            min(a[1], b[1]),
-                            max(a[2], b[2]),
-                            max(a[3], b[3]),
-                        ]
-                        del merged[j]
-                        changed = True
-                        break
-            if changed:
+    """``(n, 4)`` boxes with the words of each line (:func:`same_line`) joined into one."""
+    merged = [[float(v) for v in box] for box in boxes]
+    joined = True
+    while joined:
+        joined = False
+        for i, j in itertools.combinations(range(len(merged)), 2):
+            a, b = merged[i], merged[j]
+            if same_line(a, b):
+                merged[i] = [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
+                del merged[j]
+                joined = True
                 break
     return np.asarray(merged, dtype=np.float32).reshape(-1, 4)
 
