@@ -218,12 +218,17 @@ def test_evaluate_reports_characters_read(tmp_path):
     assert rows["mask"]["plate_chars_read_plain_pct"] == 0.0
     assert rows["mask"]["plate_chars_read_corrected_pct"] <= 100 / 7
     assert "Plates: characters read by OCR" in (out / "results.md").read_text()
-    # A truth file naming no input is a usage error; saliency regions without it: no measure.
+    # A truth file naming no input is a usage error.
     (tmp_path / "other.csv").write_text("file,x0,y0,x1,y1,text\nx.png,1,1,9,9,AB\n")
     bad = CliRunner().invoke(main, [*args, "--plates-truth", str(tmp_path / "other.csv")])
     assert bad.exit_code == 2 and "names none of the inputs" in bad.output
-    plain = CliRunner().invoke(
-        main, ["evaluate", str(inputs), "--out", str(tmp_path / "e2"), *TINY, "--max-steps", "2"]
-    )
-    assert plain.exit_code == 0, plain.output
-    assert json.loads((tmp_path / "e2" / "results.json").read_text())[0]["plates_checked"] is None
+    # Regions from a file (whatever its name): measured with --plates-truth only.
+    boxes = tmp_path / "plates.json"
+    boxes.write_text(json.dumps({"car.png": [list(box)]}))
+    base = ["evaluate", str(inputs), *TINY, "--max-steps", "2", "--regions", f"boxes={boxes}"]
+    for extra, checked in (([], None), (["--plates-truth", str(inputs / "plates.csv")], 1)):
+        out = tmp_path / f"e{len(extra)}"
+        res = CliRunner().invoke(main, [*base, "--out", str(out), *extra])
+        assert res.exit_code == 0, res.output
+        (row,) = json.loads((out / "results.json").read_text())
+        assert row["plates_checked"] == checked

@@ -135,7 +135,8 @@ def plate_check(
 ) -> PlateCheck | None:
     """Plate readability for the run: with ``--plates-truth FILE``, or when the regions
     include ``plates`` and a plates.csv lies beside the images; else None."""
-    if path is None and "plates" not in kw["regions"]:
+    detects_plates = any(part.split(":")[0] == "plates" for part in kw["regions"].split("+"))
+    if path is None and not detects_plates:
         return None
     try:
         truth = find_plate_truth(items, path)

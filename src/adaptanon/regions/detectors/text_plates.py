@@ -2,7 +2,7 @@
 and recognizer (:mod:`.ppocr`, Apache-2.0, inside ``rapidocr-onnxruntime``).
 
 Text is detected on the whole image at its resolution (at most ``max_side``) and, for
-small plates, on overlapping tiles upscaled twice; boxes found in both are joined. Words
+small plates, on overlapping tiles upscaled twice; a box found in both is kept once. Words
 on one line (a plate's text is often split at its gaps) are joined into lines. Each line
 is read with the recognizer restricted to ``0-9 A-Z`` and kept as a plate when it looks
 like one: width over height within :data:`ASPECT`, a number of characters within
