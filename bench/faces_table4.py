@@ -30,21 +30,18 @@ from typing import Any
 
 import torch
 from docs_section import update_section
-from imagenet_sample import plain_classes
+from written import evaluate_written
 
-from adaptanon.classifiers import DEFAULT_MODEL, efficientnet_lite, load_classifier
-from adaptanon.evaluate import Config, evaluate
+from adaptanon.classifiers import efficientnet_lite
 from adaptanon.io import read_image
 from adaptanon.io.codecs import to_image
 from adaptanon.io.images import InputImage, collect_inputs
-from adaptanon.method import Outcome, Settings, parse_filter
 from adaptanon.regions import DetectorOptions, RegionQuery, parse_region_source
 from adaptanon.regions.base import Detection
 from adaptanon.regions.detectors import CenterFace
 
 ROOT = Path(__file__).resolve().parent.parent
 FILTERS = ("yang", "blur", "mask")
-WRITTEN = ("unchanged", "corrected", "no_regions")
 
 
 class RememberedFaces(CenterFace):
@@ -74,7 +71,7 @@ def detection_counts(
 ) -> dict[str, Any]:
     """Images with >= 1 face and >= 1 plate, and seconds per image of each detector and
     of one classifier forward pass (batch 1), on the same images."""
-    plates = parse_region_source("plates", DetectorOptions())
+    plates = parse_region_source("plates:haar", DetectorOptions())
     model = efficientnet_lite("efficientnet_lite0")
     seconds = {"classifier": 0.0, "faces": 0.0, "plates": 0.0}
     with_face = with_plate = 0
@@ -123,43 +120,13 @@ def main() -> None:
     detection = detection_counts(items, faces, threads)
     print(json.dumps(detection), flush=True)
 
-    files = args.out / "files"
-    written: dict[str, list[tuple[Path, Path]]] = {f: [] for f in FILTERS}
-
-    def keep(config: Config, item: InputImage, out: Outcome) -> None:
-        if out.data is None or out.record.status not in WRITTEN:
-            return
-        path = files / config.filter / item.relative.with_suffix(".png")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(out.data)
-        written[config.filter].append((item.path, path))
-
-    configs = [Config(DEFAULT_MODEL, f, Settings(filter=parse_filter(f)), "faces") for f in FILTERS]
-    # No cache reuse: every file is written by this run.
-    for cached in (args.out / "eval" / "cache").glob("*.jsonl"):
-        cached.unlink()
-    summaries = evaluate(
-        items,
-        args.out / "eval",
-        configs,
-        faces,
-        lambda spec: load_classifier(spec),
-        batch_size=8,
-        on_outcome=keep,
-    )
-    model = efficientnet_lite("efficientnet_lite0").model
-    rows = []
-    for s in summaries:
-        pairs = written[s["filter"]]
-        originals = plain_classes(model, [a for a, _ in pairs])
-        outputs = plain_classes(model, [b for _, b in pairs])
-        changed = sum(a != b for a, b in zip(originals, outputs, strict=True))
-        rows.append({**s, "written": len(pairs), "changed_on_written_file": changed})
+    rows = evaluate_written(items, args.out, FILTERS, faces, "faces")
+    for row in rows:
         keys = ("filter", "face_images", "face_vulnerable_initial_pct", "not_corrected",
                 "face_mean_steps", "face_redetection_plain_pct", "face_redetection_corrected_pct",
                 "region_psnr_plain_mean", "region_psnr_corrected_mean", "written",
                 "changed_on_written_file")  # fmt: skip
-        print(json.dumps({k: rows[-1].get(k) for k in keys}), flush=True)
+        print(json.dumps({k: row.get(k) for k in keys}), flush=True)
     minutes = (time.perf_counter() - start) / 60
     text = render(detection, rows, args, minutes)
     print(text)

@@ -249,7 +249,7 @@ def faces_and_plate(demo_photo) -> np.ndarray:
 def test_faces_plus_plates(demo_photo):
     source = parse_region_source("faces+plates", DetectorOptions())
     assert isinstance(source, Combined) and not source.uses_saliency
-    assert source.describe() == "faces(centerface>0.3,x1.3)+plates(haar>=3,x1.3)"
+    assert source.describe() == "faces(centerface>0.3,x1.3)+plates(text+tiles>0.5,x1.3)"
     found = detect(source, as_tensor(faces_and_plate(demo_photo)))
     assert sorted(d.label for d in found) == ["face", "plate"]
     face = next(d for d in found if d.label == "face")
@@ -273,7 +273,9 @@ def test_cli_faces_plus_plates_writes_provenance(demo_photo, tmp_path):
     assert sorted(d["label"] for d in street["detections"]) == ["face", "plate"]
     assert [d["box"] for d in street["detections"]] == street["regions"]
     assert all(isinstance(d["score"], float) for d in street["detections"])
-    assert street["settings"]["regions"] == "faces(centerface>0.5,x1.1)+plates(haar>=3,x1.1)"
+    assert street["settings"]["regions"] == (
+        "faces(centerface>0.5,x1.1)+plates(text+tiles>0.5,x1.1)"
+    )
     assert recs["grass.png"]["status"] == "no_regions" and recs["grass.png"]["detections"] == []
     json.dumps(street)
 
@@ -282,7 +284,7 @@ def test_cli_faces_plus_plates_writes_provenance(demo_photo, tmp_path):
     "extra,match",
     [
         (["--face-threshold", "1.5"], "face-threshold"),
-        (["--plate-threshold", "2.5"], "whole"),
+        (["--plate-threshold", "2.5"], "(0, 1)"),
         (["--box-scale", "0"], "box-scale"),
     ],
 )

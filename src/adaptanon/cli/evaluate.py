@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,8 @@ from adaptanon.cli.options import (
 )
 from adaptanon.engines import default_batch_size
 from adaptanon.evaluate import Config, evaluate, find_labels
+from adaptanon.evaluate.readability import PLATES_FILE, PlateCheck, PlateReader, find_plate_truth
+from adaptanon.io.images import InputImage
 from adaptanon.method import FILTERS
 from adaptanon.records import Status
 
@@ -124,8 +130,48 @@ def print_results(rows: list[dict[str, Any]], out: Path) -> None:
     err.print(f"results: {out}/results.json, results.csv, results.md, report.html")
 
 
+def plate_check(
+    items: Sequence[InputImage], kw: dict[str, Any], path: Path | None
+) -> PlateCheck | None:
+    """Plate readability for the run: with ``--plates-truth FILE``, or when the regions
+    include ``plates`` and a plates.csv lies beside the images; else None."""
+    detects_plates = any(part.split(":")[0] == "plates" for part in kw["regions"].split("+"))
+    if path is None and not detects_plates:
+        return None
+    try:
+        truth = find_plate_truth(items, path)
+    except (OSError, ValueError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--plates-truth") from exc
+    if not truth:
+        if path is not None:
+            raise click.BadParameter(
+                f"{path} names none of the inputs", param_hint="--plates-truth"
+            )
+        return None
+    try:
+        reader = PlateReader(detector_options(kw).device)
+    except ValueError as exc:
+        raise click.UsageError(f"plate readability: {exc}") from exc
+    return PlateCheck(truth, reader)
+
+
+def with_plates(configs: list[Config], plates: PlateCheck | None) -> list[Config]:
+    """``configs`` whose cache identity includes the plate ground truth, so that an edited
+    truth file is read again."""
+    if plates is None:
+        return configs
+    text = json.dumps({k: [(p.box, p.text) for p in v] for k, v in sorted(plates.truth.items())})
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    return [replace(c, regions=f"{c.regions}|plates-truth={digest}") for c in configs]
+
+
 def evaluate_paths(
-    inputs: list[str], out: Path, kw: dict[str, Any], examples: int = 4, quiet: bool = False
+    inputs: list[str],
+    out: Path,
+    kw: dict[str, Any],
+    examples: int = 4,
+    quiet: bool = False,
+    plates_truth: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``evaluate`` on ``inputs`` with the parsed options; returns the results rows."""
     try:
@@ -141,6 +187,8 @@ def evaluate_paths(
         labels = find_labels(items)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="INPUT") from exc
+    plates = plate_check(items, kw, plates_truth)
+    configs = with_plates(configs, plates)
     with progress_bar(quiet) as progress:
         overall = progress.add_task("all configurations", total=len(configs) * len(items))
         current = progress.add_task("", total=len(items), visible=False)
@@ -168,6 +216,7 @@ def evaluate_paths(
                 labels=labels,
                 on_config=on_config,
                 on_row=on_row,
+                plates=plates,
             )
         except KeyboardInterrupt:
             progress.stop()
@@ -197,19 +246,34 @@ def evaluate_paths(
     help="Images per configuration kept for the report's figure (ones whose class "
     "changed after anonymization).",
 )
+@click.option(
+    "--plates-truth",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help=f"CSV file,x0,y0,x1,y1,text of the true plates: OCR measures how many of their "
+    f"characters can be read before and after anonymization [default: {PLATES_FILE} beside "
+    "the images, when --regions includes plates].",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @method_options
 def evaluate_command(
-    inputs: tuple[str, ...], out: Path, examples: int, quiet: bool, **kw: Any
+    inputs: tuple[str, ...],
+    out: Path,
+    examples: int,
+    plates_truth: Path | None,
+    quiet: bool,
+    **kw: Any,
 ) -> None:
     """Measure the method on INPUT files, folders or globs, like the paper's Section 4.
 
     --model, --filter and --alpha take comma-separated lists; every combination is
-    evaluated. A labels.csv (file,class_index) beside the images adds top-1 accuracies.
+    evaluated. A labels.csv (file,class_index) beside the images adds top-1 accuracies;
+    a plates.csv (file,x0,y0,x1,y1,text), with --regions plates, how much of each plate
+    OCR still reads.
     Writes OUT/results.json, results.csv, results.md and report.html. Exits 1 if no image
     could be evaluated.
     """
-    rows = evaluate_paths(list(inputs), out, kw, examples, quiet)
+    rows = evaluate_paths(list(inputs), out, kw, examples, quiet, plates_truth)
     sys.exit(0 if any(r["images"] for r in rows) else 1)
 
 

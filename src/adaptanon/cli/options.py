@@ -135,8 +135,9 @@ def method_options(func: Callable[..., Any]) -> Callable[..., Any]:
             default="saliency",
             show_default=True,
             help="saliency[:SIZE] (most salient SIZExSIZE square at the model view); "
-            "faces (CenterFace, extra 'faces'); plates (OpenCV Haar cascade, a WEAK "
-            "fallback, extra 'plates'); plates:platedet (AGPL-3.0 model you install "
+            "faces (CenterFace, extra 'faces'); plates (plate-shaped text found and read "
+            "by PP-OCRv4, extra 'plates'); plates:haar (OpenCV's Haar cascade, a weak "
+            "fallback); plates:platedet (AGPL-3.0 model you install "
             "yourself: pip install --no-deps platedet==0.0.2); boxes=FILE (JSON: image "
             "name -> [[x0,y0,x1,y1], ...]); detections from elsewhere: coco=FILE, "
             "yolo=DIR, voc=DIR, csv=FILE (file,x0,y0,x1,y1[,label]), each with an "
@@ -154,7 +155,8 @@ def method_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "--plate-threshold",
             type=Number(min=0),
             default=None,
-            help="plates (Haar): minNeighbors, a whole number [default: 3]; "
+            help="plates: the plate text's reading confidence, in (0, 1) [default: 0.5]; "
+            "plates:haar: minNeighbors, a whole number [default: 3]; "
             "plates:platedet: a score in (0, 1) [default: 0.25].",
         ),
         click.option(

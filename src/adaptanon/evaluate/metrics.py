@@ -197,6 +197,26 @@ def privacy_summary(rows: Sequence[ImageRow]) -> dict[str, Any]:
     }
 
 
+def readability_summary(rows: Sequence[ImageRow]) -> dict[str, Any]:
+    """Plate readability (:mod:`~adaptanon.evaluate.readability`): ``plates_checked``
+    ground-truth plates read (None without ground truth), ``plate_chars`` their
+    characters, ``plate_chars_read_{original,plain,corrected}_pct`` the share of those
+    characters read correctly in the original, plainly anonymized and final images."""
+    checked = [r for r in rows if r.plates_checked is not None]
+    chars = sum(r.plate_chars or 0 for r in checked)
+
+    def share(key: str) -> float | None:
+        return percent(sum(getattr(r, key) or 0 for r in checked), chars)
+
+    return {
+        "plates_checked": sum(r.plates_checked or 0 for r in checked) if checked else None,
+        "plate_chars": chars if checked else None,
+        "plate_chars_read_original_pct": share("plate_chars_original"),
+        "plate_chars_read_plain_pct": share("plate_chars_plain"),
+        "plate_chars_read_corrected_pct": share("plate_chars_final"),
+    }
+
+
 def summarize(
     config: Config, rows: Sequence[ImageRow], labels: Mapping[str, int] | None = None
 ) -> dict[str, Any]:
@@ -209,7 +229,7 @@ def summarize(
     counts images whose written region was not measurably anonymized; the ``region_*``
     keys are :func:`strength_summary`, the images with regions and the Table 4 analog per
     region label :func:`regions_summary`, face re-detection and the correction's size
-    :func:`privacy_summary`.
+    :func:`privacy_summary`, plate readability :func:`readability_summary`.
     """
     labels = labels or {}
     valid = valid_rows(rows)
@@ -250,6 +270,7 @@ def summarize(
         **strength_summary(valid),
         **regions_summary(valid),
         **privacy_summary(valid),
+        **readability_summary(valid),
         "seconds_per_image": seconds,
         "images_per_second": rate,
         "key": config.key,

@@ -88,6 +88,11 @@ CSV_COLUMNS = (
     "face_redetection_corrected_pct",
     "correction_mean_levels",
     "correction_max_levels",
+    "plates_checked",
+    "plate_chars",
+    "plate_chars_read_original_pct",
+    "plate_chars_read_plain_pct",
+    "plate_chars_read_corrected_pct",
     "seconds_per_image",
     "images_per_second",
     "regions",
@@ -350,6 +355,35 @@ def privacy_table(rows: Sequence[Row]) -> Table:
     )
 
 
+def readability_table(rows: Sequence[Row]) -> Table | None:
+    """Plate characters read by OCR, a line per configuration; None without plate
+    ground truth."""
+    lines = [
+        [
+            _config(r),
+            str(r["plates_checked"]),
+            str(r["plate_chars"]),
+            fmt_pct(r.get("plate_chars_read_original_pct"), 1),
+            fmt_pct(r.get("plate_chars_read_plain_pct"), 1),
+            fmt_pct(r.get("plate_chars_read_corrected_pct"), 1),
+        ]
+        for r in rows
+        if r.get("plates_checked") is not None
+    ]
+    if not lines:
+        return None
+    headers = ["configuration", "plates", "characters", "read: original", "plain", "corrected"]
+    return Table("Plates: characters read by OCR", headers, lines)
+
+
+READABILITY_NOTE = (
+    "OCR (PP-OCRv4's recognizer, letters and digits) on each ground-truth plate box "
+    "(plates.csv); a plate's characters read correctly are its true text's length minus "
+    "the edit distance to what was read (at least 0), summed over plates, as a share of "
+    "all true characters."
+)
+
+
 PRIVACY_NOTE = (
     "Region PSNR and SSIM: each region against the original (lower is more anonymized). "
     "Faces found again: of the faces the face detector found in the originals, the share "
@@ -416,6 +450,9 @@ def markdown_report(rows: Sequence[Row]) -> str:
     if table4 is not None:
         parts += ["## Detected regions (like Table 4)", "", table4.markdown(), "", TABLE4_NOTE, ""]
     parts += ["## Privacy", "", privacy_table(rows).markdown(), "", PRIVACY_NOTE, ""]
+    plates = readability_table(rows)
+    if plates is not None:
+        parts += ["## Plates: readability", "", plates.markdown(), "", READABILITY_NOTE, ""]
     return "\n".join(parts)
 
 
@@ -613,6 +650,11 @@ def html_report(rows: Sequence[Row], examples: Sequence[tuple[str, Sequence[Exam
     parts.append("<h2>Privacy</h2>")
     parts.append(privacy_table(rows).html())
     parts.append(f'<p class="note">{html.escape(PRIVACY_NOTE)}</p>')
+    plates = readability_table(rows)
+    if plates is not None:
+        parts.append("<h2>Plates: readability</h2>")
+        parts.append(plates.html())
+        parts.append(f'<p class="note">{html.escape(READABILITY_NOTE)}</p>')
     parts.append("<h2>Examples (like Figure 3)</h2>")
     if examples:
         for title, exs in examples:

@@ -89,6 +89,12 @@ class ImageRow(ImageRecord):
         faces_redetected_plain, faces_redetected_final: how many of them the same
             detector, at the same threshold, still finds (a box with IoU >= 0.5) in the
             plainly anonymized and in the final image.
+        plates_checked: ground-truth plates of the image whose text was read (see
+            :mod:`~adaptanon.evaluate.readability`); None without plate ground truth.
+        plate_chars: the characters of their true texts.
+        plate_chars_original, plate_chars_plain, plate_chars_final: characters read
+            correctly in the plate boxes of the original, the plainly anonymized and the
+            final image.
     """
 
     input: str = ""
@@ -101,6 +107,11 @@ class ImageRow(ImageRecord):
     faces_checked: int | None = None
     faces_redetected_plain: int | None = None
     faces_redetected_final: int | None = None
+    plates_checked: int | None = None
+    plate_chars: int | None = None
+    plate_chars_original: int | None = None
+    plate_chars_plain: int | None = None
+    plate_chars_final: int | None = None
 
     @property
     def name(self) -> str:

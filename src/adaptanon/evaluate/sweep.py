@@ -21,6 +21,7 @@ from adaptanon.evaluate.cache import (
 )
 from adaptanon.evaluate.labels import find_labels
 from adaptanon.evaluate.metrics import summarize
+from adaptanon.evaluate.readability import PlateCheck
 from adaptanon.evaluate.rows import Config, ImageRow
 from adaptanon.io.images import InputImage
 from adaptanon.method import Outcome, OutcomeImages
@@ -124,12 +125,14 @@ def process_items(
     examples_left: int,
     first_example: int,
     on_outcome: OnOutcome | None = None,
+    plates: PlateCheck | None = None,
 ) -> list[ImageRow]:
     """Rows for one batch of loaded images (pixels, or the exception reading raised).
 
     The first ``examples_left`` images whose class changed after anonymization are kept as
     examples, numbered from ``first_example``. Each row gets the privacy measures of
-    :func:`add_privacy` (not counted in its seconds).
+    :func:`add_privacy` and, with ``plates``, plate readability (not counted in its
+    seconds).
     """
     start = time.perf_counter()
     results = process_loaded(classifier, source, config.settings, loaded, keep_images=True)
@@ -137,6 +140,8 @@ def process_items(
     seconds = (time.perf_counter() - start) / max(1, good)
     rows = [outcome_row(item, out, seconds) for item, out in results]
     add_privacy(rows, [out for _, out in results], source)
+    if plates is not None:
+        plates.add(rows, [out for _, out in results])
     for row, (item, out) in zip(rows, results, strict=True):
         if on_outcome is not None:
             on_outcome(config, item, out)
@@ -183,6 +188,7 @@ def run_sweep(
     on_row: Callable[[Config, ImageRow], None] | None = None,
     share_unchanged: bool = True,
     on_outcome: OnOutcome | None = None,
+    plates: PlateCheck | None = None,
 ) -> list[SweepResult]:
     """Evaluate every configuration on ``items``, resuming from ``cache_dir``.
 
@@ -199,6 +205,7 @@ def run_sweep(
             only in the step size: the step size plays no part before the first step.
             Such rows are copied, not computed, and keep the first one's timing.
         on_outcome: called with each newly computed image's outcome.
+        plates: plate ground truth and reader: adds plate readability to the rows.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
@@ -237,6 +244,7 @@ def run_sweep(
                 max(0, examples - saved),
                 saved,
                 on_outcome,
+                plates,
             )
             saved += sum(1 for r in rows if r.example)
             cache.append(rows)
@@ -267,6 +275,7 @@ def evaluate(
     on_row: Callable[[Config, ImageRow], None] | None = None,
     share_unchanged: bool = True,
     on_outcome: OnOutcome | None = None,
+    plates: PlateCheck | None = None,
 ) -> list[dict[str, Any]]:
     """Run the sweep (see :func:`run_sweep`) and write ``results.json``, ``results.csv``,
     ``results.md`` and ``report.html`` to ``out_dir``. Returns the results rows, one per
@@ -288,6 +297,7 @@ def evaluate(
         on_row=on_row,
         share_unchanged=share_unchanged,
         on_outcome=on_outcome,
+        plates=plates,
     )
     labels = find_labels(items) if labels is None else labels
     summaries = [summarize(s.config, s.rows, labels) for s in swept]

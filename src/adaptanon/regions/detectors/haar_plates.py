@@ -1,10 +1,9 @@
-"""Licence plates, weak fallback: OpenCV 4.x's Haar cascades for (Russian-style) plates
-(``haarcascade_russian_plate_number.xml``, Apache-2.0, shipped in
+"""Licence plates, weak fallback (``plates:haar``): OpenCV 4.x's Haar cascades for
+(Russian-style) plates (``haarcascade_russian_plate_number.xml``, Apache-2.0, shipped in
 ``opencv-python-headless<5``; OpenCV 5 dropped them).
 
 They miss many plates and fire on other text and grilles (see docs/results.md for recall
-on European plates): for plates, detections from a real detector given as a file
-(``--regions coco=FILE`` and the other formats) are the main road. ``plate_threshold`` is
+on European plates): ``plates`` (:mod:`.text_plates`) finds plates as plate-shaped text. ``plate_threshold`` is
 the cascade's ``minNeighbors`` (raw detections that must agree); the score is the number
 that did.
 """
@@ -42,12 +41,12 @@ class HaarPlates(Detector):
         self.min_neighbors = DEFAULT_PLATE_THRESHOLD if threshold is None else int(threshold)
         if threshold is not None and (threshold != self.min_neighbors or threshold < 0):
             raise ValueError(
-                f"plates (Haar) takes a whole plate threshold (minNeighbors), got {threshold:g}"
+                f"plates:haar takes a whole plate threshold (minNeighbors), got {threshold:g}"
             )
         try:
             import cv2
         except ImportError as exc:
-            raise missing_extra("plates", "plates", exc) from exc
+            raise missing_extra("plates:haar", "plates", exc) from exc
         self.cv2 = cv2
         path = Path(getattr(cv2, "data").haarcascades) / CASCADE  # noqa: B009 - untyped
         self.cascade = cv2.CascadeClassifier(str(path))

@@ -24,7 +24,7 @@ from adaptanon.regions.detectors.common import (
     Detector,
     DetectorOptions,
     nms,
-    onnx_providers,
+    onnx_session,
 )
 
 DEFAULT_THRESHOLD = 0.25
@@ -57,15 +57,11 @@ class Platedet(Detector):
                 f"plates:platedet takes a plate threshold in (0, 1), got {self.threshold:g}"
             )
         try:
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401
         except ImportError as exc:
             raise ValueError(f"--regions plates:platedet needs onnxruntime: {INSTALL}") from exc
         path = Path(model_path) if model_path else platedet_path()
-        session_options = ort.SessionOptions()
-        session_options.intra_op_num_threads = torch.get_num_threads()
-        session_options.inter_op_num_threads = 1
-        providers = onnx_providers(self.options.device, ort.get_available_providers())
-        self.session = ort.InferenceSession(str(path), session_options, providers=providers)
+        self.session = onnx_session(path, self.options.device)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.size = int(inp.shape[-1])
