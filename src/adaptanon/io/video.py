@@ -200,9 +200,7 @@ def _copied_streams(container: Any) -> list[Any]:
     return [s for s in container.streams if s.type in ("audio", "subtitle")]
 
 
-def write_video(
-    source: Path, clip: Clip, frames: Sequence[np.ndarray], codec: VideoCodec
-) -> bytes:
+def write_video(source: Path, clip: Clip, frames: Sequence[np.ndarray], codec: VideoCodec) -> bytes:
     """Encode ``frames`` (one per frame of ``clip``, same size) with ``clip``'s time
     stamps and copy the audio and subtitle packets of ``source`` unchanged; returns the
     file's bytes (container :meth:`VideoCodec.container`).
