@@ -84,7 +84,8 @@ def build_video_options(kw: dict[str, Any]) -> VideoOptions:
 def split_videos(items: list[InputImage]) -> tuple[list[InputImage], list[InputImage]]:
     """``items`` as (photos, videos): videos by extension, or by content for a file with
     another extension."""
-    photos, videos = [], []
+    photos: list[InputImage] = []
+    videos: list[InputImage] = []
     for item in items:
         (videos if is_video(item.path) else photos).append(item)
     return photos, videos

@@ -350,7 +350,7 @@ def make_clip(
             frame.pts, frame.time_base = stamp, 1 / rate
             out.mux(video.encode(frame))
         out.mux(video.encode(None))
-        if audio is not None:
+        if audio is not None and tone_hz:
             samples = int(seconds * 48000)
             t = np.arange(samples) / 48000
             wave = (0.3 * np.sin(2 * np.pi * tone_hz * t)).astype(np.float32)[None, :]
