@@ -227,3 +227,21 @@ def test_frame_ranges_merge_runs_of_plain_frames_only():
     recs.append({**plain, "frames": [5, 5], "regions": [[0, 0, 1, 1]]})
     merged = frame_ranges(recs)
     assert [r["frames"] for r in merged] == [[0, 3], [4, 4], [5, 5]]
+
+
+@pytest.mark.parametrize(("hold", "flicker"), [(0, [1, 2, 3, 4]), (5, [])])
+def test_evaluate_counts_flicker_frames_and_measures_each_track(clips, tmp_path, hold, flicker):
+    pytest.importorskip("matplotlib")
+    src = clips["audio"]
+    boxes = boxes_file(tmp_path, src.name, [0, 5])
+    code, output = run_cli(
+        "evaluate", src, "-o", tmp_path / "eval", "--model", "tiny_factory:make",
+        "--regions", f"boxes={boxes}", "--hold-frames", hold, "-q",
+    )  # fmt: skip
+    assert code == 0, output
+    (row,) = json.loads((tmp_path / "eval" / "videos.json").read_text())
+    assert row["frames"] == 8 and row["flicker_frames"] == flicker
+    assert row["vulnerable_initial_pct"] is not None and row["not_corrected"] == 0
+    assert len(row["tracks"]) == (2 if hold == 0 else 1)
+    assert all(t["mean_psnr"] is not None and t["mean_ssim"] < 0.9 for t in row["tracks"])
+    assert "| clip.mp4 |" in (tmp_path / "eval" / "videos.md").read_text()
