@@ -24,7 +24,8 @@ from adaptanon.engines.local import Summary, describe_run, error_outcome, write_
 from adaptanon.io.codecs import Codec, to_image, to_pixels
 from adaptanon.io.images import InputImage, current_pixel_limit
 from adaptanon.io.video import Clip, VideoCodec, read_video, write_video
-from adaptanon.method.criteria import AllOf, SameClass
+from adaptanon.method.criteria import AllOf, SameClass, logit_margin
+from adaptanon.method.metrics import image_strength
 from adaptanon.method.pipeline import Outcome, Settings, process_batch
 from adaptanon.records import ImageRecord, Status
 from adaptanon.regions import ExplicitBoxes, RegionQuery, RegionSource
@@ -185,6 +186,7 @@ def _frame_dict(index: int, rec: ImageRecord, regions: Sequence[TrackedRegion]) 
         out["regions"] = rec.regions
         out["tracks"] = [r.track for r in regions]
         out["held"] = [r.held for r in regions]
+        out["strength_final"] = rec.strength_final
     if rec.final_margin is not None:
         out["final_margin"] = rec.final_margin
     if rec.error:
@@ -308,9 +310,10 @@ def process_clip(
         if bad:
             problem = f"frames {bad[:10]} do not decode to the verified pixels"
     elif problem is None:
-        data, changed, record.rounds = _lossy_rounds(
+        data, changed, record.rounds, stored = _lossy_rounds(
             classifier, settings, path, clip, finals, masks, recs, target, options, batch_size, data
         )
+        _check_stored_regions(settings, frames, stored, recs, changed)
     for i in changed:
         recs[i].status = Status.FAILED
         recs[i].error = (
@@ -355,9 +358,10 @@ def _lossy_rounds(
     options: VideoOptions,
     batch_size: int,
     data: bytes,
-) -> tuple[bytes, list[int], int]:
+) -> tuple[bytes, list[int], int, list[np.ndarray]]:
     """Check the decoded frames and re-correct the changed ones, up to ``options.rounds``
-    times; returns the bytes to write, the frames still changed, and the rounds done."""
+    times; returns the bytes to write, the frames still changed, the rounds done and the
+    frames as decoded from those bytes."""
     record_rounds = 0
     changed: list[int] = []
     for round_ in range(options.rounds + 1):
@@ -389,9 +393,32 @@ def _lossy_rounds(
                 if recs[i].status == Status.UNCHANGED:
                     recs[i].status = Status.CORRECTED
         data = write_video(path, clip, finals, options.codec)
+    margins = logit_margin(logits, target.clamp(min=0))
     for i, rec in enumerate(recs):
         rec.final_class = int(logits[i].argmax())
-    return data, changed, record_rounds
+        rec.final_margin = float(margins[i])
+    return data, changed, record_rounds, decoded.frames
+
+
+def _check_stored_regions(
+    settings: Settings,
+    originals: Sequence[np.ndarray],
+    stored: Sequence[np.ndarray],
+    recs: list[ImageRecord],
+    changed: Sequence[int],
+) -> None:
+    """The privacy floor on a lossy video's decoded frames: each frame's regions are
+    measured again there (``strength_final``), and a frame whose region is too similar to
+    the original is ``weak``."""
+    for i, rec in enumerate(recs):
+        if not rec.regions or i in changed or not rec.status.ok:
+            continue
+        boxes = [(b[0], b[1], b[2], b[3]) for b in rec.regions]
+        final = image_strength(to_image(originals[i]), to_image(stored[i]), boxes, settings.shape)
+        rec.strength_final = [s.to_dict() for s in final]
+        weak = settings.strength.weak(boxes, final)
+        if weak:
+            rec.status, rec.error = Status.WEAK, f"on the decoded video: {weak}"
 
 
 def process_video(
