@@ -177,6 +177,24 @@ def test_lossy_rounds_restore_the_decision_on_the_decoded_video(clips):
     assert bool(settings.criterion(logits, target, torch.softmax(logits, 1)).all())
 
 
+def test_frames_the_rounds_cannot_restore_are_failed_and_listed(clips):
+    src = clips["audio"]
+    clip = read_video(src)
+    source = ExplicitBoxes({f"clip.mp4#{i}": [list(FACE)] for i in range(8)})
+    settings = Settings(filter=Mask(), criterion=SameClass(1.0))
+    options = VideoOptions(VideoCodec("h264", crf=40, threads=1), rounds=1)
+    result = process_clip(tiny_factory.make(), source, settings, "clip.mp4", src, clip, options)
+    rec = result.record
+    assert rec.rounds == 1 and rec.changed_frames and rec.status == "failed"
+    assert result.data is not None  # written (under _failed/ by the CLI), not lost
+    failed = [i for i, r in enumerate(result.frame_outcomes) if r.status == "failed"]
+    assert failed == rec.changed_frames
+    assert all(
+        "class changed on the decoded video" in result.frame_outcomes[i].error for i in failed
+    )
+    assert rec.frame_status["failed"] == len(failed)
+
+
 def test_truncated_video_is_an_error_and_nothing_is_written(clips, tmp_path):
     broken = tmp_path / "in" / "broken.mp4"
     broken.parent.mkdir()
@@ -245,3 +263,21 @@ def test_evaluate_counts_flicker_frames_and_measures_each_track(clips, tmp_path,
     assert len(row["tracks"]) == (2 if hold == 0 else 1)
     assert all(t["mean_psnr"] is not None and t["mean_ssim"] < 0.9 for t in row["tracks"])
     assert "| clip.mp4 |" in (tmp_path / "eval" / "videos.md").read_text()
+
+
+def test_videos_are_told_from_photos_by_extension_or_content(clips, tmp_path):
+    from adaptanon.cli.video import split_videos
+    from adaptanon.io import InputImage
+
+    odd = tmp_path / "recording.dat"
+    odd.write_bytes(clips["silent"].read_bytes())
+    photo = tmp_path / "still.png"
+    from PIL import Image
+
+    Image.fromarray(frames(1)[0]).save(photo)
+    text = tmp_path / "notes.dat"
+    text.write_text("not a video")
+    items = [InputImage(p, Path(p.name)) for p in (odd, photo, text, clips["vfr"])]
+    photos, videos = split_videos(items)
+    assert [i.path for i in videos] == [odd, clips["vfr"]]
+    assert [i.path for i in photos] == [photo, text]
