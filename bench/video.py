@@ -44,6 +44,7 @@ from adaptanon.engines.video import frame_name
 from adaptanon.io.codecs import to_image
 from adaptanon.io.video import VideoCodec, audio_packets, make_clip, read_video, write_video
 from adaptanon.regions import DetectorOptions, RegionQuery, parse_region_source
+from adaptanon.regions.tracking import coverage
 
 ROOT = Path(__file__).resolve().parent.parent
 FPS = 30
@@ -90,15 +91,6 @@ def make_frames(
         frames.append(frame)
         visible.append(box)
     return frames, visible, covered
-
-
-def coverage(box: tuple[int, int, int, int], regions: list[list[int]]) -> float:
-    """Share of ``box``'s pixels inside the union of ``regions``."""
-    x0, y0, x1, y1 = box
-    inside = np.zeros((y1 - y0, x1 - x0), bool)
-    for r in regions:
-        inside[max(0, r[1] - y0) : max(0, r[3] - y0), max(0, r[0] - x0) : max(0, r[2] - x0)] = True
-    return float(inside.mean())
 
 
 def per_frame_regions(rec: dict, n: int) -> tuple[list[list[list[int]]], list[list[list[int]]]]:

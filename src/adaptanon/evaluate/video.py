@@ -30,7 +30,7 @@ from adaptanon.io.images import InputImage, current_pixel_limit
 from adaptanon.io.video import read_video
 from adaptanon.method.metrics import region_strength
 from adaptanon.regions import RegionSource
-from adaptanon.regions.tracking import hold_regions, track
+from adaptanon.regions.tracking import coverage, hold_regions, track
 
 FLICKER_GAP = 30
 """Frames a track may miss and still be one object, for measuring flicker."""
@@ -49,13 +49,7 @@ def flicker_frames(
     out = []
     for t, regions in enumerate(spans):
         for region in regions:
-            x0, y0, x1, y1 = region.detection.box
-            inside = np.zeros((y1 - y0, x1 - x0), bool)
-            for b in anonymized[t]:
-                inside[
-                    max(0, b[1] - y0) : max(0, b[3] - y0), max(0, b[0] - x0) : max(0, b[2] - x0)
-                ] = True
-            if not inside.all():
+            if coverage(region.detection.box, anonymized[t]) < 1.0:
                 out.append(t)
                 break
     return out

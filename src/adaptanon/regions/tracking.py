@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from adaptanon.records import Box
 from adaptanon.regions.base import Detection
 
@@ -30,6 +32,18 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     inter = w * h
     union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
     return inter / union if union > 0 else 0.0
+
+
+def coverage(box: Sequence[int], boxes: Sequence[Sequence[int]]) -> float:
+    """Share of ``box``'s pixels that lie inside the union of ``boxes`` (integer,
+    half-open ``(x0, y0, x1, y1)``)."""
+    x0, y0, x1, y1 = box
+    if x1 <= x0 or y1 <= y0:
+        return 1.0
+    inside = np.zeros((y1 - y0, x1 - x0), bool)
+    for b in boxes:
+        inside[max(0, b[1] - y0) : max(0, b[3] - y0), max(0, b[0] - x0) : max(0, b[2] - x0)] = True
+    return float(inside.mean())
 
 
 @dataclass
