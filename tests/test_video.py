@@ -281,3 +281,26 @@ def test_videos_are_told_from_photos_by_extension_or_content(clips, tmp_path):
     photos, videos = split_videos(items)
     assert [i.path for i in videos] == [odd, clips["vfr"]]
     assert [i.path for i in photos] == [photo, text]
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_metadata_is_dropped_unless_asked(tmp_path, keep):
+    import av
+
+    src = tmp_path / "tagged.mkv"
+    make_clip(
+        src,
+        frames(3),
+        25,
+        codec="ffv1",
+        metadata={"title": "secret place", "location": "+48.85+002.35/"},
+    )
+    extra = ["--keep-metadata"] if keep else []
+    code, output = run_cli(
+        "anonymize", src, "-o", tmp_path / "out", "--model", "tiny_factory:make", *extra
+    )
+    assert code == 0, output
+    with av.open(records(tmp_path / "out")["tagged.mkv"]["output"]) as written:
+        tags = {k.lower(): v for k, v in written.metadata.items()}
+    assert ("title" in tags and "location" in tags) == keep
+    assert "secret place" not in json.dumps(tags) or keep

@@ -315,12 +315,14 @@ def make_clip(
     codec: str = "libx264",
     tone_hz: float | None = 440.0,
     subtitle: str | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> None:
     """Write ``frames`` as a new clip (for tests, benchmarks and demos): video with
     ``codec`` (``libx264`` crf 18 yuv420p, or ``ffv1``) at ``rate``, or at the given
     ``pts`` in units of ``1/rate`` s (a variable frame rate), an AAC sine tone of
     ``tone_hz`` as long as the video (None: no audio), and optionally a subtitle stream
-    (Matroska/SubRip) holding ``subtitle`` for the first second."""
+    (Matroska/SubRip) holding ``subtitle`` for the first second; ``metadata``: container
+    tags (title, location, ...)."""
     av = _av()
     rate = Fraction(rate)
     stamps = list(pts) if pts is not None else list(range(len(frames)))
@@ -331,6 +333,7 @@ def make_clip(
         srt = path.with_name(f".{path.name}.srt")
         srt.write_text(f"1\n00:00:00,000 --> 00:00:01,000\n{subtitle}\n", encoding="utf-8")
     with av.open(str(path), "w") as out:
+        out.metadata.update(metadata or {})
         video = out.add_stream(codec, rate=rate)
         video.width, video.height = width, height
         video.pix_fmt = "yuv420p" if codec == "libx264" else "bgr0"
