@@ -24,6 +24,7 @@ Usage: OMP_NUM_THREADS=1 python bench/video.py [--seconds 2] [--sizes 1080,720]
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -40,7 +41,7 @@ from PIL import Image
 from skimage import data
 
 from adaptanon.classifiers import load_classifier
-from adaptanon.engines.video import frame_name
+from adaptanon.engines.video import find_tracked, frame_name
 from adaptanon.io.codecs import to_image
 from adaptanon.io.video import VideoCodec, audio_packets, make_clip, read_video, write_video
 from adaptanon.regions import DetectorOptions, RegionQuery, parse_region_source
@@ -48,6 +49,9 @@ from adaptanon.regions.tracking import coverage
 
 ROOT = Path(__file__).resolve().parent.parent
 FPS = 30
+BATCH = 4
+"""Frames per batch (``--batch-size``): 8 1080p frames took over 5 GB, on a machine shared
+with other jobs."""
 
 
 def face_box(photo: np.ndarray) -> tuple[float, float, float, float]:
@@ -141,14 +145,12 @@ def one_size(height: int, seconds: float, device: str, work: Path, classifier) -
 
     # Baselines, in this run: the detector alone, and decoding + encoding alone.
     detector = parse_region_source("faces", DetectorOptions(device=device))
+    names = [frame_name(clip_path.name, t) for t in range(n)]
     start = time.perf_counter()
-    for i in range(0, n, 8):
-        queries = [
-            RegionQuery(frame_name(clip_path.name, j), to_image(clip.frames[j]))
-            for j in range(i, min(n, i + 8))
-        ]
-        detector.find(queries)
+    find_tracked(classifier, detector, names, clip.frames, hold=5, batch_size=BATCH)
     detector_fps = n / (time.perf_counter() - start)
+    del detector, frames
+    gc.collect()
     rows = []
     for name, options in (
         ("lossless (FFV1)", []),
@@ -156,10 +158,13 @@ def one_size(height: int, seconds: float, device: str, work: Path, classifier) -
     ):
         codec = VideoCodec("h264", crf=23) if options else VideoCodec()
         start = time.perf_counter()
-        write_video(clip_path, read_video(clip_path), read_video(clip_path).frames, codec)
+        again = read_video(clip_path)
+        write_video(clip_path, again, again.frames, codec)
+        del again
         codec_fps = n / (time.perf_counter() - start)
         out = work / f"out{height}-{codec.name}"
-        rec, wall, command = run_cli(clip_path, out, ["--device", device, *options])
+        cli_options = ["--device", device, "--batch-size", str(BATCH), *options]
+        rec, wall, command = run_cli(clip_path, out, cli_options)
         written = Path(rec["output"])
         stored = read_video(written)
         every, found = per_frame_regions(rec, n)
