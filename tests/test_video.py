@@ -304,3 +304,18 @@ def test_metadata_is_dropped_unless_asked(tmp_path, keep):
         tags = {k.lower(): v for k, v in written.metadata.items()}
     assert ("title" in tags and "location" in tags) == keep
     assert "secret place" not in json.dumps(tags) or keep
+
+
+def test_a_frame_that_cannot_be_processed_writes_nothing(clips, tmp_path):
+    src = clips["audio"]
+    path = tmp_path / "boxes.json"
+    path.write_text(json.dumps({"clip.mp4#2": [[500, 500, 600, 600]]}))  # outside the frame
+    code, _ = run_cli(
+        "anonymize", src, "-o", tmp_path / "out", "--model", "tiny_factory:make",
+        "--regions", f"boxes={path}",
+    )  # fmt: skip
+    assert code == 1
+    rec = records(tmp_path / "out")["clip.mp4"]
+    assert rec["status"] == "error" and rec["output"] is None
+    assert "frame 2" in rec["error"] and "outside" in rec["error"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.jsonl"]

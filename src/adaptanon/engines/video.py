@@ -301,6 +301,16 @@ def process_clip(
             finals.append(to_pixels(out.images.final))
             masks.append(out.images.mask.cpu())
             record.steps += out.record.steps
+    errors = [(i, r.error) for i, r in enumerate(recs) if r.status == Status.ERROR]
+    if errors:
+        # Such a frame is not anonymized: nothing is written (the photo rule).
+        record.error = (
+            f"{len(errors)} frame(s) could not be processed; frame {errors[0][0]}: {errors[0][1]}"
+        )
+        record.frame_records = frame_ranges(
+            [_frame_dict(i, r, tracked[i]) for i, r in enumerate(recs)]
+        )
+        return result
     target = torch.tensor([r.original_class if r.original_class is not None else -1 for r in recs])
     codec = options.codec
     try:
@@ -317,8 +327,9 @@ def process_clip(
             problem = f"frames {bad[:10]} do not decode to the verified pixels"
     elif problem is None:
         data, changed, record.rounds, stored = _lossy_rounds(
-            classifier, settings, path, clip, finals, masks, recs, target, options, batch_size, data
-        )
+            classifier, settings, path, clip, finals, masks, recs, target, options, batch_size,
+            data, decoded,
+        )  # fmt: skip
         _check_stored_regions(settings, frames, stored, recs, changed)
     for i in changed:
         recs[i].status = Status.FAILED
@@ -364,6 +375,7 @@ def _lossy_rounds(
     options: VideoOptions,
     batch_size: int,
     data: bytes,
+    decoded: Clip,
 ) -> tuple[bytes, list[int], int, list[np.ndarray]]:
     """Check the decoded frames and re-correct the changed ones, up to ``options.rounds``
     times; returns the bytes to write, the frames still changed, the rounds done and the
@@ -371,7 +383,8 @@ def _lossy_rounds(
     record_rounds = 0
     changed: list[int] = []
     for round_ in range(options.rounds + 1):
-        decoded = read_video(data)
+        if round_:
+            decoded = read_video(data)
         logits = _classify(classifier, decoded.frames, batch_size)
         ok = settings.criterion(logits, target, torch.softmax(logits, 1))
         changed = [i for i in range(len(finals)) if recs[i].status.ok and not bool(ok[i])]
