@@ -382,11 +382,19 @@ def _lossy_rounds(
     frames as decoded from those bytes."""
     record_rounds = 0
     changed: list[int] = []
+    # Criteria that compare with the original probabilities (prob:EPS) get them.
+    reference = (
+        torch.softmax(_classify(classifier, clip.frames, batch_size), 1)
+        if settings.criterion.needs_reference
+        else None
+    )
     for round_ in range(options.rounds + 1):
         if round_:
             decoded = read_video(data)
         logits = _classify(classifier, decoded.frames, batch_size)
-        ok = settings.criterion(logits, target, torch.softmax(logits, 1))
+        ok = settings.criterion(
+            logits, target, torch.softmax(logits, 1) if reference is None else reference
+        )
         changed = [i for i in range(len(finals)) if recs[i].status.ok and not bool(ok[i])]
         fixable = [i for i in changed if bool(masks[i].any())]
         if not fixable or round_ == options.rounds:
@@ -402,7 +410,7 @@ def _lossy_rounds(
                 [masks[i].to(classifier.device) for i in ids],
                 target[ids].to(classifier.device),
                 criterion=criterion,
-                reference=torch.softmax(logits[ids], 1).to(classifier.device),
+                reference=None if reference is None else reference[ids].to(classifier.device),
                 codec=Codec(),
             )
             for j, i in enumerate(ids):
