@@ -277,10 +277,12 @@ def test_videos_are_told_from_photos_by_extension_or_content(clips, tmp_path):
     Image.fromarray(frames(1)[0]).save(photo)
     text = tmp_path / "notes.dat"
     text.write_text("not a video")
-    items = [InputImage(p, Path(p.name)) for p in (odd, photo, text, clips["vfr"])]
+    misnamed = tmp_path / "misnamed.jpg"  # an image's extension: the image reader reports it
+    misnamed.write_bytes(clips["silent"].read_bytes())
+    items = [InputImage(p, Path(p.name)) for p in (odd, photo, text, clips["vfr"], misnamed)]
     photos, videos = split_videos(items)
     assert [i.path for i in videos] == [odd, clips["vfr"]]
-    assert [i.path for i in photos] == [photo, text]
+    assert [i.path for i in photos] == [photo, text, misnamed]
 
 
 @pytest.mark.parametrize("keep", [False, True])

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from adaptanon.engines.video import DEFAULT_HOLD, DEFAULT_ROUNDS, VideoOptions
-from adaptanon.io import InputImage
+from adaptanon.io import IMAGE_EXTENSIONS, InputImage
 from adaptanon.io.video import VIDEO_CODECS, VideoCodec, is_video
 from adaptanon.regions import RegionSource
 
@@ -82,12 +82,14 @@ def build_video_options(kw: dict[str, Any]) -> VideoOptions:
 
 
 def split_videos(items: list[InputImage]) -> tuple[list[InputImage], list[InputImage]]:
-    """``items`` as (photos, videos): videos by extension, or by content for a file with
-    another extension."""
+    """``items`` as (photos, videos): videos by extension, or by content for a file whose
+    extension is not an image's (a damaged photo stays a photo, reported by the image
+    reader)."""
     photos: list[InputImage] = []
     videos: list[InputImage] = []
     for item in items:
-        (videos if is_video(item.path) else photos).append(item)
+        image = item.path.suffix.lower() in IMAGE_EXTENSIONS
+        (videos if not image and is_video(item.path) else photos).append(item)
     return photos, videos
 
 
