@@ -192,6 +192,11 @@ def one_size(height: int, seconds: float, device: str, work: Path, classifier) -
                 "duration_in": clip.duration,
                 "duration_out": stored.duration,
                 "tracks": len(rec["tracks"]),
+                "not_done": [
+                    f"frame {fr['frames'][0]}: {fr['status']}: {fr.get('error')}"
+                    for fr in rec["frame_records"]
+                    if fr["status"] not in ("unchanged", "corrected", "no_regions")
+                ],
                 "fps": n / wall,
                 "codec_fps": codec_fps,
                 "detector_fps": detector_fps,
@@ -228,6 +233,9 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
             f"{r['duration_in']:.3f} / {r['duration_out']:.3f} | {r['fps']:.2f} | "
             f"{r['codec_fps']:.1f} | {r['detector_fps']:.2f} | `{r['command']}` |"
         )
+    not_done = [f"{r['size']} {r['codec']}: {n}" for r in rows for n in r["not_done"]]
+    if not_done:
+        lines += ["", "Frames not done: " + "; ".join(not_done) + "."]
     lines += [
         "",
         "fps: frames divided by the wall time of the whole command (start-up and model "

@@ -321,3 +321,20 @@ def test_a_frame_that_cannot_be_processed_writes_nothing(clips, tmp_path):
     assert rec["status"] == "error" and rec["output"] is None
     assert "frame 2" in rec["error"] and "outside" in rec["error"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["manifest.jsonl"]
+
+
+def test_a_shifted_low_score_detection_does_not_replace_the_tracks_box():
+    # A face partly covered is found lower and with a low score: its upper part must
+    # stay covered by the box interpolated between the confident detections.
+    shifted = (20, 40, 90, 110)
+    found = [
+        [Detection(shifted, 0.4, "face")] if t in (3, 4) else [Detection(FACE, 0.9, "face")]
+        for t in range(8)
+    ]
+    tracks = track(found, hold=2)
+    assert len(tracks) == 1
+    regions = hold_regions(tracks, 8, 160, 120, hold=2)
+    for t in (3, 4):
+        boxes = {(r.detection.box, r.held) for r in regions[t]}
+        assert boxes == {(shifted, False), (FACE, True)}
+    assert [r.detection.box for r in regions[2]] == [FACE]

@@ -9,7 +9,8 @@ and ByteTrack do without their Kalman filter and score tiers. A track survives u
 the gaps between its detections (boxes interpolated linearly) and ``hold`` frames before
 its first and after its last detection (boxes extrapolated at the track's velocity),
 so a region never flickers to visible for up to ``hold`` missed frames, forward and
-backward.
+backward. A low-score detection between confident ones (a face partly covered, found
+shifted) adds to the track's interpolated box instead of replacing it.
 """
 
 from __future__ import annotations
@@ -125,6 +126,12 @@ def track(
     return tracks
 
 
+CONFIDENT = 0.5
+"""Detections scored at least this are trusted for a track's box (CenterFace: above 0.5
+nearly every detection is a face; boxes from files and the Haar cascade's counts score
+1 or more)."""
+
+
 @dataclass(frozen=True)
 class TrackedRegion:
     """A region of one frame: the detection, the track it belongs to, and whether the
@@ -142,12 +149,22 @@ def _clip(box: Sequence[float], width: int, height: int) -> Box | None:
 
 
 def hold_regions(
-    tracks: Sequence[Track], frames: int, width: int, height: int, hold: int = 5
+    tracks: Sequence[Track],
+    frames: int,
+    width: int,
+    height: int,
+    hold: int = 5,
+    confident: float = CONFIDENT,
 ) -> list[list[TrackedRegion]]:
     """Each frame's regions (``frames`` lists): every track's detections, its gaps filled
     by linear interpolation between the detections around them, and ``hold`` frames
     before its first and after its last detection at its velocity there (clipped to the
-    ``width x height`` frame). A held region carries the track's nearest score."""
+    ``width x height`` frame). A held region carries the track's nearest score.
+
+    A detection scored below ``confident`` in a track that also has confident ones (a
+    face partly covered is often found shifted, with a low score) does not replace the
+    track's box: the box interpolated between the confident detections around it is
+    added too."""
     out: list[list[TrackedRegion]] = [[] for _ in range(frames)]
     for tr in tracks:
         seen = sorted(tr.boxes)
@@ -155,11 +172,17 @@ def hold_regions(
             out[f].append(
                 TrackedRegion(Detection(tr.boxes[f], tr.scores[f], tr.label), tr.id, False)
             )
-        for a, b in zip(seen, seen[1:], strict=False):
-            for f in range(a + 1, b):
-                w = (f - a) / (b - a)
-                box = [(1 - w) * p + w * q for p, q in zip(tr.boxes[a], tr.boxes[b], strict=True)]
-                _add(out, f, box, tr, min(tr.scores[a], tr.scores[b]), width, height)
+        sure = [f for f in seen if tr.scores[f] >= confident]
+        for frames_, add_all in ((seen, True), (sure, False)):
+            for a, b in zip(frames_, frames_[1:], strict=False):
+                for f in range(a + 1, b):
+                    if not add_all and f not in tr.boxes:
+                        continue  # filled from every detection above
+                    w = (f - a) / (b - a)
+                    box = [
+                        (1 - w) * p + w * q for p, q in zip(tr.boxes[a], tr.boxes[b], strict=True)
+                    ]
+                    _add(out, f, box, tr, min(tr.scores[a], tr.scores[b]), width, height)
         v_start, v_end = tr.velocity(at_end=False), tr.velocity(at_end=True)
         for k in range(1, hold + 1):
             before, after = tr.first - k, tr.last + k
