@@ -43,7 +43,8 @@ batch of eight 1080p frames took 4 GB in CenterFace on a CPU), four 1080p frames
 
 ROUND_MARGIN = 0.5
 """Extra logit margin asked of a frame per lossy round, so the next encode's error does
-not flip it again."""
+not flip it again; frames whose margin on the decoded video is below it are corrected in
+the same round as the changed ones."""
 
 
 def frame_name(relative: str, index: int) -> str:
@@ -399,6 +400,18 @@ def _lossy_rounds(
         fixable = [i for i in changed if bool(masks[i].any())]
         if not fixable or round_ == options.rounds:
             break
+        # Frames near the boundary are corrected too: encoding again after the changed
+        # frames are corrected moves every frame a little, and may flip them next.
+        margins = logit_margin(logits, target.clamp(min=0))
+        near = [
+            i
+            for i in range(len(finals))
+            if recs[i].status.ok
+            and bool(ok[i])
+            and margins[i] < ROUND_MARGIN
+            and bool(masks[i].any())
+        ]
+        fixable = sorted(fixable + near)
         record_rounds += 1
         criterion = AllOf((settings.criterion, SameClass(ROUND_MARGIN * (round_ + 1))))
         for idx in _batches(len(fixable), batch_size):
