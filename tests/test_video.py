@@ -338,3 +338,13 @@ def test_a_shifted_low_score_detection_does_not_replace_the_tracks_box():
         boxes = {(r.detection.box, r.held) for r in regions[t]}
         assert boxes == {(shifted, False), (FACE, True)}
     assert [r.detection.box for r in regions[2]] == [FACE]
+
+
+def test_a_detection_far_below_its_tracks_usual_score_is_not_trusted_alone():
+    shifted = (20, 40, 90, 110)
+    found = [
+        [Detection(shifted, 0.55, "face")] if t == 3 else [Detection(FACE, 0.92, "face")]
+        for t in range(6)
+    ]
+    regions = hold_regions(track(found, hold=1), 6, 160, 120, hold=1)
+    assert {(r.detection.box, r.held) for r in regions[3]} == {(shifted, False), (FACE, True)}

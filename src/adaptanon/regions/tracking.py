@@ -9,7 +9,7 @@ and ByteTrack do without their Kalman filter and score tiers. A track survives u
 the gaps between its detections (boxes interpolated linearly) and ``hold`` frames before
 its first and after its last detection (boxes extrapolated at the track's velocity),
 so a region never flickers to visible for up to ``hold`` missed frames, forward and
-backward. A low-score detection between confident ones (a face partly covered, found
+backward. A low-score detection between surer ones (a face partly covered, found
 shifted) adds to the track's interpolated box instead of replacing it.
 """
 
@@ -131,6 +131,11 @@ CONFIDENT = 0.5
 nearly every detection is a face; boxes from files and the Haar cascade's counts score
 1 or more)."""
 
+RELATIVE = 0.75
+"""A detection scored below this share of its track's median score is not trusted for the
+track's box either (a partly covered face was found shifted with 0.52 where the track
+scored about 0.9)."""
+
 
 @dataclass(frozen=True)
 class TrackedRegion:
@@ -161,10 +166,10 @@ def hold_regions(
     before its first and after its last detection at its velocity there (clipped to the
     ``width x height`` frame). A held region carries the track's nearest score.
 
-    A detection scored below ``confident`` in a track that also has confident ones (a
-    face partly covered is often found shifted, with a low score) does not replace the
-    track's box: the box interpolated between the confident detections around it is
-    added too."""
+    A detection scored below ``confident``, or below :data:`RELATIVE` times the track's
+    median score, in a track that also has surer ones (a face partly covered is often
+    found shifted, with a lower score) does not replace the track's box: the box
+    interpolated between the surer detections around it is added too."""
     out: list[list[TrackedRegion]] = [[] for _ in range(frames)]
     for tr in tracks:
         seen = sorted(tr.boxes)
@@ -172,7 +177,8 @@ def hold_regions(
             out[f].append(
                 TrackedRegion(Detection(tr.boxes[f], tr.scores[f], tr.label), tr.id, False)
             )
-        sure = [f for f in seen if tr.scores[f] >= confident]
+        typical = float(np.median([tr.scores[f] for f in seen]))
+        sure = [f for f in seen if tr.scores[f] >= max(confident, RELATIVE * typical)]
         for frames_, add_all in ((seen, True), (sure, False)):
             for a, b in zip(frames_, frames_[1:], strict=False):
                 for f in range(a + 1, b):
