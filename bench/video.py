@@ -49,6 +49,7 @@ from adaptanon.regions.tracking import coverage
 
 ROOT = Path(__file__).resolve().parent.parent
 FPS = 30
+HEADING = "Videos: tracked faces, decisions on the decoded file, audio and timing kept (issue 15)"
 BATCH = 4
 """Frames per batch (``--batch-size``): 8 1080p frames took over 5 GB, on a machine shared
 with other jobs."""
@@ -220,8 +221,8 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
         f"{args.sizes} --device {args.device} --write-docs`; each clip is anonymized with "
         "the command in the last column (CLIPS: the script's temporary folder).",
         "",
-        "| clip | output | frames | status (frames) | frames with a visible face | frames the detector alone misses | frames whose class changed (decoded) | lossy rounds | audio packets identical | frame count, pts, time base identical | duration in / out (s) | fps | fps decode+encode only | fps detector only | command |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| clip | output | frames | status (frames) | frames with a visible face | frames the detector alone misses | frames whose class changed (decoded) | lossy rounds | audio packets identical | frame count, pts, time base identical | duration in / out (s) | fps | fps decode+encode only | fps detector only | speed / detector only | command |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         status = ", ".join(f"{k} {v}" for k, v in r["frame_status"].items())
@@ -231,7 +232,8 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
             f"{r['class_changed_frames']} | {r['rounds']} | {'yes' if r['audio_identical'] else 'no'} | "
             f"{'yes' if r['frames_identical'] and r['pts_identical'] else 'no'} | "
             f"{r['duration_in']:.3f} / {r['duration_out']:.3f} | {r['fps']:.2f} | "
-            f"{r['codec_fps']:.1f} | {r['detector_fps']:.2f} | `{r['command']}` |"
+            f"{r['codec_fps']:.1f} | {r['detector_fps']:.2f} | "
+            f"{r['fps'] / r['detector_fps']:.2f}x | `{r['command']}` |"
         )
     not_done = [f"{r['size']} {r['codec']}: {n}" for r in rows for n in r["not_done"]]
     if not_done:
@@ -254,7 +256,21 @@ def main() -> None:
     parser.add_argument("--sizes", default="1080,720")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument(
+        "--rows",
+        type=Path,
+        default=None,
+        help="render the table from the JSON rows a run printed (its log) instead of measuring",
+    )
     args = parser.parse_args()
+    if args.rows is not None:
+        lines = args.rows.read_text().splitlines()
+        rows = [json.loads(line) for line in lines if line.startswith("{")]
+        text = table(rows, args)
+        print(text)
+        if args.write_docs:
+            update_section("video", HEADING, text)
+        return
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     classifier = load_classifier("efficientnet_lite0").to(args.device)
     rows = []
@@ -264,11 +280,7 @@ def main() -> None:
     text = table(rows, args)
     print(text)
     if args.write_docs:
-        update_section(
-            "video",
-            "Videos: tracked faces, decisions on the decoded file, audio and timing kept (issue 15)",
-            text,
-        )
+        update_section("video", HEADING, text)
 
 
 if __name__ == "__main__":
