@@ -110,8 +110,9 @@ class VideoRecord(ImageRecord):
 
 @dataclass
 class VideoResult:
-    """What :func:`process_clip` gives besides the record: the pixels per frame
-    (originals, final as stored and decoded, region masks) when asked for."""
+    """What :func:`process_clip` gives: the record, the encoded video (``data``, None
+    when nothing may be written), and per frame the ``(H, W, 3)`` uint8 originals, the
+    finals that were encoded last, the tracked regions and the per-frame records."""
 
     record: VideoRecord
     data: bytes | None = None
