@@ -25,18 +25,27 @@ from adaptanon.cli.options import (
     regions_and_inputs,
     verify_option,
 )
+from adaptanon.cli.video import build_video_options, split_videos, unmatched_keys, video_options
 from adaptanon.engines import FAILED_DIR, Summary, default_batch_size, run
 from adaptanon.engines.local import DEFAULT_BATCH_PIXELS, OutputRefused, RunStopped
-from adaptanon.io import InputImage
+from adaptanon.engines.video import run_videos
+from adaptanon.io import IMAGE_EXTENSIONS, InputImage
+from adaptanon.io.video import VIDEO_EXTENSIONS
 from adaptanon.method import Settings
 from adaptanon.records import ImageRecord, Status
 from adaptanon.regions import RegionSource
 
 
-def warn_unmatched(source: RegionSource, items: list[InputImage]) -> None:
+def warn_unmatched(
+    source: RegionSource, items: list[InputImage], videos: list[InputImage] | None = None
+) -> None:
     """Say which regions the source was given that match no input (e.g. a mistyped key
-    in a boxes file), before any work."""
-    unmatched = source.unmatched(item.relative.as_posix() for item in items)
+    in a boxes file) nor a frame of a video (``clip.mp4#12``), before any work."""
+    unmatched = unmatched_keys(
+        source,
+        [item.relative.as_posix() for item in items],
+        [item.relative.as_posix() for item in videos or []],
+    )
     if unmatched:
         shown = ", ".join(repr(k) for k in unmatched[:5])
         more = f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else ""
@@ -178,12 +187,14 @@ def anonymize_paths(
     ``out`` finished with the same settings are kept, not processed again.
     """
     settings = build_settings(kw)
-    source, items = regions_and_inputs(inputs, out, kw)
+    video = build_video_options(kw)
+    source, items = regions_and_inputs(inputs, out, kw, IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)
+    items, videos = split_videos(items)
     classifier = load_model(kw["model"], kw["device"])
     verify = load_verifier(kw.get("verify_with"))
-    warn_unmatched(source, items)
+    warn_unmatched(source, items, videos)
     with progress_bar(quiet) as progress:
-        task = progress.add_task("anonymizing", total=len(items))
+        task = progress.add_task("anonymizing", total=len(items) + len(videos))
 
         def advance(rec: ImageRecord) -> None:
             progress.advance(task)
@@ -202,12 +213,20 @@ def anonymize_paths(
             "extra_settings": _extra(kw),
         }
         try:
-            if kw.get("engine") == "ray":
+            summary = Summary()
+            if items and kw.get("engine") == "ray":
                 summary = run_on_ray(
                     items, out, classifier, source, settings, batch, advance, kw, options
                 )
-            else:
+            elif items:
                 summary = run(items, out, classifier, source, settings, batch, advance, **options)
+            if videos:
+                done = run_videos(
+                    videos, out, classifier, source, settings, video, batch, advance,
+                    overwrite=overwrite, resume=resume, extra_settings=options["extra_settings"],
+                )  # fmt: skip
+                summary.counts.update(done.counts)
+                summary.skipped += done.skipped
         except OutputRefused as exc:
             raise click.UsageError(str(exc)) from exc
         except RunStopped as exc:
@@ -262,6 +281,7 @@ def anonymize_paths(
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @engine_options
 @method_options
+@video_options
 @verify_option
 def anonymize(
     inputs: tuple[str, ...], out: Path, overwrite: bool, no_resume: bool, quiet: bool, **kw: Any

@@ -26,12 +26,16 @@ from adaptanon.cli.options import (
     progress_bar,
     regions_and_inputs,
 )
+from adaptanon.cli.video import build_video_options, split_videos, video_options
 from adaptanon.engines import default_batch_size
 from adaptanon.evaluate import Config, evaluate, find_labels
 from adaptanon.evaluate.readability import PLATES_FILE, PlateCheck, PlateReader, find_plate_truth
-from adaptanon.io.images import InputImage
+from adaptanon.evaluate.video import evaluate_videos
+from adaptanon.io import IMAGE_EXTENSIONS, InputImage
+from adaptanon.io.video import VIDEO_EXTENSIONS
 from adaptanon.method import FILTERS
 from adaptanon.records import Status
+from adaptanon.regions import RegionSource
 
 SWEEP_FILTERS = tuple(FILTERS)
 
@@ -182,7 +186,13 @@ def evaluate_paths(
         ) from exc
 
     configs = sweep_configs(kw)
-    source, items = regions_and_inputs(inputs, out, kw)
+    source, items = regions_and_inputs(inputs, out, kw, IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)
+    items, videos = split_videos(items)
+    video_rows: list[dict[str, Any]] = []
+    if videos:
+        video_rows = evaluate_video_paths(videos, out, configs, source, kw, quiet)
+        if not items:
+            return video_rows
     try:
         labels = find_labels(items)
     except ValueError as exc:
@@ -224,7 +234,48 @@ def evaluate_paths(
             sys.exit(130)
     if not quiet:
         print_results(rows, out)
-    return rows
+    return rows + video_rows
+
+
+def evaluate_video_paths(
+    videos: list[InputImage],
+    out: Path,
+    configs: list[Config],
+    source: RegionSource,
+    kw: dict[str, Any],
+    quiet: bool,
+) -> list[dict[str, Any]]:
+    """The video half of ``evaluate``: ``out/videos.json`` and ``out/videos.md``; rows
+    count frames (``images``: frames of the videos evaluated without error)."""
+    with progress_bar(quiet) as progress:
+        task = progress.add_task("videos", total=len(configs) * len(videos))
+
+        def on_row(row: dict[str, Any]) -> None:
+            progress.advance(task)
+            if row["error"]:
+                progress.console.print(f"[red]error[/red] {row['video']}: {row['error']}")
+
+        rows = evaluate_videos(
+            videos,
+            out,
+            configs,
+            source,
+            lambda spec: load_model(spec, kw["device"]),
+            build_video_options(kw),
+            batch_size=kw["batch_size"] or default_batch_size(device_option(kw["device"])),
+            on_row=on_row,
+        )
+    if not quiet:
+        for r in rows:
+            if r["error"] is None:
+                err.print(
+                    f"{r['video']} {r['model']} {r['filter']} alpha {r['alpha']:g}: "
+                    f"{r['frames']} frames, vulnerable {r['vulnerable_initial_pct']:.2f}%, "
+                    f"not corrected {r['not_corrected']}, final {r['vulnerable_final_pct']:.2f}%, "
+                    f"flicker {len(r['flicker_frames'])} frame(s), {len(r['tracks'])} track(s)"
+                )
+        err.print(f"video results: {out}/videos.json, videos.md")
+    return [{**r, "images": 0 if r["error"] else r["frames"]} for r in rows]
 
 
 @click.command("evaluate")
@@ -256,6 +307,7 @@ def evaluate_paths(
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @method_options
+@video_options
 def evaluate_command(
     inputs: tuple[str, ...],
     out: Path,
@@ -270,8 +322,9 @@ def evaluate_command(
     evaluated. A labels.csv (file,class_index) beside the images adds top-1 accuracies;
     a plates.csv (file,x0,y0,x1,y1,text), with --regions plates, how much of each plate
     OCR still reads.
-    Writes OUT/results.json, results.csv, results.md and report.html. Exits 1 if no image
-    could be evaluated.
+    Writes OUT/results.json, results.csv, results.md and report.html; for videos
+    OUT/videos.json and videos.md (per-frame measures, flicker, per-track privacy). Exits 1
+    if no image could be evaluated.
     """
     rows = evaluate_paths(list(inputs), out, kw, examples, quiet, plates_truth)
     sys.exit(0 if any(r["images"] for r in rows) else 1)

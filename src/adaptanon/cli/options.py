@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from adaptanon.classifiers import DEFAULT_MODEL, Classifier, UntrustedModel, loa
 from adaptanon.classifiers.registry import BUILTIN_MODELS
 from adaptanon.engines import resolve_device
 from adaptanon.engines.verify import FileCheck
-from adaptanon.io import FORMATS, Codec, InputImage, collect_inputs
+from adaptanon.io import FORMATS, IMAGE_EXTENSIONS, Codec, InputImage, collect_inputs
 from adaptanon.io.codecs import FORMAT_ALIASES
 from adaptanon.io.images import DEFAULT_MAX_PIXELS, pixel_limit
 from adaptanon.method import (
@@ -517,15 +517,16 @@ def detector_options(kw: dict[str, Any]) -> DetectorOptions:
 
 
 def regions_and_inputs(
-    inputs: list[str], out: Path, kw: dict[str, Any]
+    inputs: list[str], out: Path, kw: dict[str, Any], extensions: Collection[str] = IMAGE_EXTENSIONS
 ) -> tuple[RegionSource, list[InputImage]]:
-    """The region source and the input images, with usage errors for bad values."""
+    """The region source and the input files (folders give those with ``extensions``),
+    with usage errors for bad values."""
     try:
         source = parse_region_source(kw["regions"], detector_options(kw))
     except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested too deeply
         raise click.BadParameter(str(exc), param_hint="--regions") from exc
     try:
-        items = collect_inputs(inputs, exclude=out)
+        items = collect_inputs(inputs, exclude=out, extensions=extensions)
     except FileNotFoundError as exc:
         raise click.BadParameter(str(exc), param_hint="INPUT") from exc
     return source, items

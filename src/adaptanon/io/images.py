@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import glob
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -33,10 +33,13 @@ class InputImage:
     relative: Path
 
 
-def collect_inputs(specs: list[str], exclude: Path | None = None) -> list[InputImage]:
+def collect_inputs(
+    specs: list[str], exclude: Path | None = None, extensions: Collection[str] = IMAGE_EXTENSIONS
+) -> list[InputImage]:
     """Expand files, directories (recursively) and glob patterns into input images.
 
-    Directories contribute their image files (by extension); a file named explicitly is
+    Directories contribute their files with one of ``extensions`` (images by default;
+    ``anonymize`` adds videos); a file named explicitly is
     taken whatever its extension, so a broken or misnamed file is reported, not skipped.
     Files found in folders or by globs under ``exclude`` (the output folder, which may
     hold earlier outputs) are left out. Duplicates are dropped.
@@ -61,12 +64,10 @@ def collect_inputs(specs: list[str], exclude: Path | None = None) -> list[InputI
         p = Path(spec)
         if p.is_dir():
             images = [
-                f
-                for f in sorted(p.rglob("*"))
-                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+                f for f in sorted(p.rglob("*")) if f.is_file() and f.suffix.lower() in extensions
             ]
             if not images:
-                kinds = ", ".join(sorted(IMAGE_EXTENSIONS))
+                kinds = ", ".join(sorted(extensions))
                 raise FileNotFoundError(f"no images found in {spec} (looked for {kinds})")
             for f in images:
                 add(f, p)
