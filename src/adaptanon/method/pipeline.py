@@ -201,7 +201,8 @@ def process_batch(
             continue
         geometry = geometries[i]
         scale = geometry.scale if geometry else 1.0
-        anon, mask = anonymize(img, regions.boxes, settings.filter, scale, settings.shape)
+        labels = [d.label for d in regions.detections]
+        anon, mask = anonymize(img, regions.boxes, settings.filter, scale, settings.shape, labels)
         todo.append(i)
         anonymized.append(anon)
         masks.append(mask)
