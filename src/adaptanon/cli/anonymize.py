@@ -29,6 +29,8 @@ from adaptanon.engines import FAILED_DIR, Summary, default_batch_size, run
 from adaptanon.engines.local import DEFAULT_BATCH_PIXELS, OutputRefused, RunStopped
 from adaptanon.io import InputImage
 from adaptanon.method import Settings
+from adaptanon.method.identity import INSTALL_HINT
+from adaptanon.method.identity import available as identity_available
 from adaptanon.records import ImageRecord, Status
 from adaptanon.regions import RegionSource
 
@@ -220,7 +222,25 @@ def anonymize_paths(
             sys.exit(130)
     if not quiet:
         print_summary(summary, out)
+        print_identity_note(settings)
     return summary
+
+
+def print_identity_note(settings: Settings) -> None:
+    """Say whether written faces were checked against their originals with a face
+    recognition model (``--min-identity-distance``)."""
+    if settings.identity is not None:
+        err.print(
+            "faces checked for recognizability: a written face whose descriptor lies "
+            f"within {settings.identity.min_distance:g} of its original is weak"
+        )
+    elif identity_available():
+        err.print("[yellow]face identity check off (--min-identity-distance off)[/yellow]")
+    else:
+        err.print(
+            "[yellow]face identity check off: the face-recognition model is not installed "
+            f"({INSTALL_HINT})[/yellow]"
+        )
 
 
 @click.command()

@@ -24,7 +24,9 @@ from adaptanon.cli.options import (
 )
 from adaptanon.engines import default_batch_size
 from adaptanon.evaluate import Config, evaluate, find_labels
+from adaptanon.evaluate.identity import gallery_descriptors
 from adaptanon.method import FILTERS
+from adaptanon.method.identity import IdentityUnavailable
 from adaptanon.records import Status
 
 SWEEP_FILTERS = tuple(FILTERS)
@@ -136,6 +138,12 @@ def evaluate_paths(
         ) from exc
 
     configs = sweep_configs(kw)
+    gallery = None
+    if kw.get("gallery") is not None:
+        try:
+            gallery = gallery_descriptors(kw["gallery"])
+        except IdentityUnavailable as exc:
+            raise click.BadParameter(str(exc), param_hint="--gallery") from exc
     source, items = regions_and_inputs(inputs, out, kw)
     try:
         labels = find_labels(items)
@@ -168,6 +176,7 @@ def evaluate_paths(
                 labels=labels,
                 on_config=on_config,
                 on_row=on_row,
+                gallery=gallery,
             )
         except KeyboardInterrupt:
             progress.stop()
@@ -197,10 +206,22 @@ def evaluate_paths(
     help="Images per configuration kept for the report's figure (ones whose class "
     "changed after anonymization).",
 )
+@click.option(
+    "--gallery",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of face photos of other people: added to the originals that each "
+    "anonymized face is identified among (needs adaptanon[privacy]).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @method_options
 def evaluate_command(
-    inputs: tuple[str, ...], out: Path, examples: int, quiet: bool, **kw: Any
+    inputs: tuple[str, ...],
+    out: Path,
+    examples: int,
+    gallery: Path | None,
+    quiet: bool,
+    **kw: Any,
 ) -> None:
     """Measure the method on INPUT files, folders or globs, like the paper's Section 4.
 
@@ -209,7 +230,7 @@ def evaluate_command(
     Writes OUT/results.json, results.csv, results.md and report.html. Exits 1 if no image
     could be evaluated.
     """
-    rows = evaluate_paths(list(inputs), out, kw, examples, quiet)
+    rows = evaluate_paths(list(inputs), out, kw | {"gallery": gallery}, examples, quiet)
     sys.exit(0 if any(r["images"] for r in rows) else 1)
 
 
@@ -226,7 +247,7 @@ def _sweepable(command: click.Command) -> click.Command:
         ),
         "filter_name": click.Option(
             ["--filter", "filter_name"],
-            default="blur",
+            default="auto",
             show_default=True,
             help=f"Anonymization filter(s), comma-separated: {', '.join(SWEEP_FILTERS)}.",
         ),

@@ -15,7 +15,7 @@ import numpy as np
 from adaptanon.method import Settings
 from adaptanon.records import ImageRecord
 
-CACHE_SCHEMA = 4
+CACHE_SCHEMA = 5
 """Bump when the meaning of cached rows changes, so that old caches are not reused."""
 
 
@@ -89,6 +89,10 @@ class ImageRow(ImageRecord):
         faces_redetected_plain, faces_redetected_final: how many of them the same
             detector, at the same threshold, still finds (a box with IoU >= 0.5) in the
             plainly anonymized and in the final image.
+        identity_faces: per face region, with the ``privacy`` extra, the face descriptors
+            of the original, plain, corrected and attacked faces
+            (:func:`adaptanon.evaluate.identity.add_identity`); None otherwise.
+        identity_attack: the inversion attack run on those faces.
     """
 
     input: str = ""
@@ -101,6 +105,8 @@ class ImageRow(ImageRecord):
     faces_checked: int | None = None
     faces_redetected_plain: int | None = None
     faces_redetected_final: int | None = None
+    identity_faces: list[dict[str, Any]] | None = None
+    identity_attack: str | None = None
 
     @property
     def name(self) -> str:
