@@ -41,9 +41,16 @@ from adaptanon.method.filters import (
     yang_params,
 )
 from adaptanon.records import Box
+from adaptanon.regions import region_mask
 
 LSQ_STEPS = 60
 """Conjugate-gradient iterations of the least-squares inversion."""
+
+LSQ_SIDE = 128
+"""A region whose longer side exceeds this is inverted at a lower resolution (an integer
+area-averaging factor bringing it to at most this), then upsampled bicubically: the face
+descriptor sees a 150-pixel chip, so the attack loses little and stays affordable for
+large faces. Half of it for Yang's blur, whose kernel and window grow with the face."""
 
 LSQ_SMOOTH = 1e-3
 """Weight of the smoothness prior (squared differences of neighbours) against the squared
@@ -59,18 +66,32 @@ def _reach(filt: Filter, box: Box, scale: float) -> int:
     return filt.context(scale) + max(2, max(x1 - x0, y1 - y0) // 8)
 
 
-def _forward(
-    filt: Filter, rel: list[Box], scale: float, shape: str, changed: Tensor
-) -> Callable[[Tensor], Tensor]:
-    """The filter as a linear function of the window's pixels (no clamping); for a blur,
-    the blurred window where it changed (the window holds the blur's whole context, so
-    this equals :func:`anonymize` there, and costs one convolution)."""
+def _problem(
+    filt: Filter, seen: Tensor, rel: Box, scale: float, shape: str, factor: int
+) -> tuple[Callable[[Tensor], Tensor], Tensor, Tensor]:
+    """The inversion problem in a window, at ``1 / factor`` of its resolution (area
+    average; 1 for a filter other than blur and yang): ``(forward, changed, observed)``,
+    ``forward`` the filter as a linear function of the window's pixels (no clamping),
+    ``changed`` the ``(1, h, w)`` mask of the pixels it changes, ``observed`` the window.
+    The window holds the filter's whole context, so the blurred window where it changed
+    equals :func:`anonymize` there."""
+    if factor > 1:
+        h, w = seen.shape[-2:]
+        seen = F.avg_pool2d(seen[None], factor)[0]
+        x0, y0, x1, y1 = (round(v / factor) for v in rel)
+        rel = (x0, y0, max(x1, x0 + 1), max(y1, y0 + 1))
+    lh, lw = seen.shape[-2:]
     if isinstance(filt, Blur):
         ksize, sigma = filt._params(scale)
-        return lambda x: torch.where(changed, gaussian_blur(x, ksize, sigma), x)
+        ksize, sigma = max(3, 2 * round((ksize / factor - 1) / 2) + 1), sigma / factor
+        changed = region_mask(lh, lw, [rel], shape)[None].to(seen.device)
+        blur = lambda x: torch.where(changed, gaussian_blur(x, ksize, sigma), x)  # noqa: E731
+        return blur, changed, seen
     if isinstance(filt, Yang):
-        return lambda x: yang_obfuscate(x, rel, shape, clamp=False)[0]
-    return lambda x: anonymize(x, rel, filt, scale, shape)[0]
+        changed = yang_obfuscate(seen, [rel], shape)[1]
+        return lambda x: yang_obfuscate(x, [rel], shape, clamp=False)[0], changed, seen
+    changed = anonymize(seen, [rel], filt, scale, shape)[1]
+    return lambda x: anonymize(x, [rel], filt, scale, shape)[0], changed, seen
 
 
 def _cg(matvec: Callable[[Tensor], Tensor], b: Tensor, steps: int) -> Tensor:
@@ -111,7 +132,9 @@ def invert_least_squares(
     ``F`` the filter and ``C`` the pixels it changed: minimise
     ``|C (F(x) - written)|^2 + LSQ_SMOOTH |grad x|^2`` over the pixels in ``C``, the
     others fixed to the written ones (the original's), by ``steps`` conjugate-gradient
-    iterations on the normal equations (products with ``F^T`` by autograd).
+    iterations on the normal equations (products with ``F^T`` by autograd); a region
+    larger than :data:`LSQ_SIDE` is solved at a lower resolution (:func:`_problem`) and
+    upsampled bicubically.
 
     Args:
         written: ``(3, H, W)`` in ``[0, 1]``, the anonymized (or corrected) image.
@@ -125,12 +148,16 @@ def invert_least_squares(
         r = _reach(filt, box, scale)
         x0, y0, x1, y1 = box
         wx0, wy0, wx1, wy1 = max(0, x0 - r), max(0, y0 - r), min(w, x1 + r), min(h, y1 + r)
-        seen = written[:, wy0:wy1, wx0:wx1].detach().float()
-        rel = [(x0 - wx0, y0 - wy0, x1 - wx0, y1 - wy0)]
-        _, changed = anonymize(seen, rel, filt, scale, shape)
-        if not bool(changed.any()):
+        window = written[:, wy0:wy1, wx0:wx1].detach().float()
+        rel = (x0 - wx0, y0 - wy0, x1 - wx0, y1 - wy0)
+        full = anonymize(window, [rel], filt, scale, shape)[1]
+        if not bool(full.any()):
             continue
-        forward = _forward(filt, rel, scale, shape, changed)
+        factor = 1
+        if isinstance(filt, Blur | Yang):
+            side = LSQ_SIDE // 2 if isinstance(filt, Yang) else LSQ_SIDE
+            factor = max(1, -(-max(x1 - x0, y1 - y0) // side))
+        forward, changed, seen = _problem(filt, window, rel, scale, shape, factor)
         inside = changed.expand_as(seen).to(seen.dtype)
         known = seen * (1 - inside)
 
@@ -143,9 +170,11 @@ def invert_least_squares(
             return g * inside
 
         u = _cg(lambda v: grad(v, None), -grad(known, seen), steps)
-        est = (known + u).clamp(0, 1)
+        est = known + u
+        if factor > 1:
+            est = F.interpolate(est[None], size=window.shape[-2:], mode="bicubic")[0]
         region = out[:, wy0:wy1, wx0:wx1]
-        out[:, wy0:wy1, wx0:wx1] = torch.where(changed, est.to(out), region)
+        out[:, wy0:wy1, wx0:wx1] = torch.where(full, est.clamp(0, 1).to(out), region)
     return out
 
 

@@ -11,6 +11,7 @@ identification, verification at dlib's 0.6, the median distance, and the chance 
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,7 +25,14 @@ from adaptanon.evaluate.rows import ImageRow
 from adaptanon.io.codecs import to_image
 from adaptanon.io.images import collect_inputs, read_image
 from adaptanon.method import Filter, OutcomeImages
-from adaptanon.method.identity import VERIFY_THRESHOLD, available, face_identity, rank1
+from adaptanon.method.identity import (
+    VERIFY_THRESHOLD,
+    FaceIdentity,
+    available,
+    face_identity,
+    rank1,
+)
+from adaptanon.records import Box
 
 KINDS = ("plain", "corrected", "plain_attacked", "corrected_attacked")
 """The anonymized versions of each face that are compared with the originals."""
@@ -32,6 +40,21 @@ KINDS = ("plain", "corrected", "plain_attacked", "corrected_attacked")
 
 def _rounded(d: np.ndarray) -> list[float]:
     return [round(float(v), 5) for v in d]
+
+
+_ORIGINALS: dict[tuple[str, tuple[int, ...]], tuple[Any, list[float]]] = {}
+"""Landmarks and descriptor of each original face seen in this process, by the image's
+pixels and the box: the configurations of a sweep share the originals."""
+
+
+def _original_face(model: FaceIdentity, image: Tensor, box: Box) -> tuple[Any, list[float]]:
+    key = (hashlib.sha1(image.detach().cpu().numpy().tobytes()).hexdigest(), tuple(box))
+    if key not in _ORIGINALS:
+        if len(_ORIGINALS) > 4096:
+            _ORIGINALS.clear()
+        marks = model.landmarks(image, box)
+        _ORIGINALS[key] = (marks, _rounded(model.descriptor(image, marks)))
+    return _ORIGINALS[key]
 
 
 def add_identity(
@@ -63,11 +86,8 @@ def add_identity(
         )
         out = []
         for box in boxes:
-            marks = model.landmarks(imgs.original, box)
-            entry: dict[str, Any] = {
-                "box": list(box),
-                "original": _rounded(model.descriptor(imgs.original, marks)),
-            }
+            marks, original = _original_face(model, imgs.original, box)
+            entry: dict[str, Any] = {"box": list(box), "original": original}
             for kind, img in versions.items():
                 entry[kind] = _rounded(model.descriptor(img, marks))
             out.append(entry)

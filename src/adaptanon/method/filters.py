@@ -377,14 +377,14 @@ class Yang(Filter):
         return f"yang(margin={YANG_MARGIN},sigma={YANG_SIGMA},truncate={YANG_TRUNCATE})"
 
 
-FACE_CELLS = 5
+FACE_CELLS = 4
 """Face mosaic: cells across the enlarged face box's longer side."""
 
-FACE_GROW = 0.2
+FACE_GROW = 0.3
 """Face mosaic: each face box grows by this share of its longer side on every side (hair,
 ears and the outline carry identity too)."""
 
-FACE_NOISE = 0.1
+FACE_NOISE = 0.15
 """Face mosaic: standard deviation of the Gaussian noise added to each cell, in ``[0, 1]``
 units (the cell means alone still leak the face's coarse layout)."""
 
