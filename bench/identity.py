@@ -137,12 +137,31 @@ def main() -> None:
         rows.append({**s, "written": len(pairs), "changed_on_written_file": changed})
         keys = [k for k in s if k.startswith("identity_")] + ["mean_steps", "failed"]
         print(json.dumps({"filter": s["filter"], "changed": changed, **{k: s[k] for k in keys}}))
+    for r in rows:
+        r["flagged"] = flagged_shares(args.out / "eval" / "cache" / f"{r['key']}.jsonl")
+    (args.out / "rows.json").write_text(json.dumps(rows, indent=1, default=str))
     minutes = (time.perf_counter() - start) / 60
     text = render(rows, len(items), args, minutes, threads)
     print(text)
     if not args.no_docs:
         update_section("identity", "Faces: can the person be recognized? (issue 17)", text)
         update_section("identity_readme", "", readme_table(rows, len(items)), README)
+
+
+THRESHOLDS = (0.4, 0.45, 0.5, 0.55, 0.6)
+"""``--min-identity-distance`` values whose effect is reported."""
+
+
+def flagged_shares(cache: Path) -> dict[float, float]:
+    """Per threshold T, the percentage of corrected faces whose descriptor lies closer
+    than T to their original's (what ``--min-identity-distance T`` would call weak)."""
+    dists = []
+    for line in cache.read_text().splitlines():
+        for face in json.loads(line).get("identity_faces") or []:
+            a, b = np.array(face["original"]), np.array(face["corrected"])
+            dists.append(float(np.linalg.norm(a - b)))
+    d = np.array(dists)
+    return {t: 100.0 * float(np.mean(d < t)) if len(d) else float("nan") for t in THRESHOLDS}
 
 
 def pct(value: float | None, digits: int = 1) -> str:
@@ -224,6 +243,17 @@ def render(
             f"{steps(r['mean_steps'])} | "
             f"{r['changed_on_written_file']} of {r['written']} | {r.get('identity_attack')} |"
         )
+    lines += [
+        "",
+        "Faces a per-face check `--min-identity-distance T` calls weak (corrected face's "
+        "descriptor closer than T to its original's), in percent of the faces:",
+        "",
+        "| filter | " + " | ".join(f"T = {t:g}" for t in THRESHOLDS) + " |",
+        "|---|" + "---|" * len(THRESHOLDS),
+    ]
+    for r in rows:
+        cells = " | ".join(pct(r["flagged"][t]) for t in THRESHOLDS)
+        lines.append(f"| {name(r)} | {cells} |")
     by = {r["filter"]: r for r in rows}
     if "auto" in by and "mask" in by:
         d, m = by["auto"], by["mask"]

@@ -255,3 +255,65 @@ def test_evaluate_reports_identity(tmp_path: Path, tiny, astronaut) -> None:
     assert table[1]["identity_faces"] == "2"
     for name in ("results.md", "report.html"):
         assert "Face identity" in (out / name).read_text()
+
+
+def test_gallery_adds_other_people(tmp_path: Path, model, astronaut) -> None:
+    """--gallery: dlib's detector finds the faces of a folder of photos; they join the
+    gallery the anonymized faces are identified among (and lower the chance level)."""
+    from adaptanon.evaluate.identity import gallery_descriptors, identity_summary
+    from adaptanon.evaluate.rows import ImageRow
+
+    folder = tmp_path / "gallery"
+    folder.mkdir()
+    Image.fromarray(skdata.astronaut()).save(folder / "a.png")
+    (folder / "broken.png").write_bytes(b"not an image")
+    found = gallery_descriptors(folder)
+    assert found.shape[0] >= 1 and found.shape[1] == 128
+    marks = model.landmarks(astronaut, ASTRONAUT_FACE)
+    d = model.descriptor(astronaut, marks).tolist()
+    row = ImageRow(input="x", identity_faces=[{"original": d, **dict.fromkeys(
+        ("plain", "corrected", "plain_attacked", "corrected_attacked"), d)}])  # fmt: skip
+    alone, more = identity_summary([row]), identity_summary([row], found)
+    assert alone["identity_gallery"] == 1 and alone["identity_chance_pct"] == 100.0
+    assert more["identity_gallery"] == 1 + len(found)
+    assert more["identity_verify_plain_pct"] == 100.0
+
+
+def test_cli_identity_check(tmp_path: Path) -> None:
+    """anonymize: a face (a COCO detection named face) under a light blur is weak with the
+    default check (exit 1, distance in the manifest), and the summary says the check ran;
+    `off` turns it off; a bad value is a usage error."""
+    from click.testing import CliRunner
+
+    from adaptanon.cli import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(skdata.astronaut()).save(folder / "a.png")
+    x0, y0, x1, y1 = ASTRONAUT_FACE
+    coco = {
+        "images": [{"id": 1, "file_name": "a.png"}],
+        "annotations": [{"image_id": 1, "bbox": [x0, y0, x1 - x0, y1 - y0], "category_id": 1}],
+        "categories": [{"id": 1, "name": "face"}],
+    }
+    (tmp_path / "det.json").write_text(json.dumps(coco))
+    common = ["anonymize", str(folder), "--model", "tiny_factory:make", "--device", "cpu",
+              "--regions", f"coco={tmp_path / 'det.json'}", "--filter", "blur",
+              "--blur-kernel", "5", "--blur-sigma", "1", "--no-filter-scaling",
+              "--max-region-ssim", "1", "--max-region-detail", "1"]  # fmt: skip
+    res = CliRunner().invoke(main, [*common, "-o", str(tmp_path / "a")])
+    assert res.exit_code == 1, res.output
+    assert "faces checked" in res.output
+    (rec,) = [json.loads(line) for line in (tmp_path / "a/manifest.jsonl").open()]
+    assert rec["status"] == "weak" and rec["identity_distance"][0] < VERIFY_THRESHOLD
+    res = CliRunner().invoke(
+        main, [*common, "-o", str(tmp_path / "b"), "--min-identity-distance", "off"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "identity check off" in res.output
+    (rec,) = [json.loads(line) for line in (tmp_path / "b/manifest.jsonl").open()]
+    assert rec["status"] in ("unchanged", "corrected") and rec["identity_distance"] == []
+    res = CliRunner().invoke(
+        main, [*common, "-o", str(tmp_path / "c"), "--min-identity-distance", "-1"]
+    )
+    assert res.exit_code == 2 and "--min-identity-distance" in res.output
