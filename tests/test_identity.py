@@ -34,6 +34,7 @@ from adaptanon.method.filters import (  # noqa: E402
     face_mosaic_box,
 )
 from adaptanon.method.identity import (  # noqa: E402
+    DEFAULT_MIN_DISTANCE,
     VERIFY_THRESHOLD,
     IdentityLimit,
     distance,
@@ -214,12 +215,12 @@ def test_a_recognizable_face_is_weak(tiny, astronaut) -> None:
     (out,) = process_batch(tiny, source, checked, ["a.png"], [astronaut])
     assert out.status == Status.WEAK and "recognizable" in (out.record.error or "")
     (d,) = out.record.identity_distance
-    assert d is not None and d < VERIFY_THRESHOLD
-    assert checked.describe()["min_identity_distance"] == VERIFY_THRESHOLD
+    assert d is not None and d < DEFAULT_MIN_DISTANCE
+    assert checked.describe()["min_identity_distance"] == DEFAULT_MIN_DISTANCE
     strong = Settings(filter=FaceMosaic(), solver=GradientSolver(0.1, 20), identity=IdentityLimit())
     (good,) = process_batch(tiny, source, strong, ["a.png"], [astronaut])
     assert good.status in (Status.UNCHANGED, Status.CORRECTED), good.record.error
-    assert good.record.identity_distance[0] >= VERIFY_THRESHOLD
+    assert good.record.identity_distance[0] >= DEFAULT_MIN_DISTANCE
 
 
 def test_evaluate_reports_identity(tmp_path: Path, tiny, astronaut) -> None:
@@ -305,7 +306,7 @@ def test_cli_identity_check(tmp_path: Path) -> None:
     assert res.exit_code == 1, res.output
     assert "faces checked" in res.output
     (rec,) = [json.loads(line) for line in (tmp_path / "a/manifest.jsonl").open()]
-    assert rec["status"] == "weak" and rec["identity_distance"][0] < VERIFY_THRESHOLD
+    assert rec["status"] == "weak" and rec["identity_distance"][0] < DEFAULT_MIN_DISTANCE
     res = CliRunner().invoke(
         main, [*common, "-o", str(tmp_path / "b"), "--min-identity-distance", "off"]
     )

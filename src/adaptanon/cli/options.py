@@ -32,7 +32,7 @@ from adaptanon.method import (
     parse_criterion,
     parse_filter,
 )
-from adaptanon.method.identity import INSTALL_HINT, VERIFY_THRESHOLD, IdentityLimit
+from adaptanon.method.identity import DEFAULT_MIN_DISTANCE, INSTALL_HINT, IdentityLimit
 from adaptanon.method.identity import available as identity_available
 from adaptanon.preprocessing import SpecPreprocess, parse_preprocess
 from adaptanon.regions import DetectorOptions, RegionSource, parse_region_source
@@ -281,8 +281,8 @@ def method_options(func: Callable[..., Any]) -> Callable[..., Any]:
             callback=_check_identity_distance,
             help="Privacy floor for faces: an image with a face whose written descriptor "
             "(dlib's face recognition) lies closer than this to the original's is `weak`; "
-            "0.6, dlib's same-person threshold, when adaptanon[privacy] is installed, "
-            "else off; `off` turns it off.",
+            f"{DEFAULT_MIN_DISTANCE} when adaptanon[privacy] is installed, else off; `off` "
+            "turns it off.",
         ),
         click.option(
             "--format",
@@ -338,11 +338,11 @@ def method_options(func: Callable[..., Any]) -> Callable[..., Any]:
 def _check_identity_distance(
     ctx: click.Context, param: click.Parameter, value: str | None
 ) -> float | None:
-    """``--min-identity-distance``: a number >= 0, ``off``, or None (the default: 0.6 when
-    the privacy extra is installed, else off). A number without the extra is a usage
+    """``--min-identity-distance``: a number >= 0, ``off``, or None (the default:
+    :data:`DEFAULT_MIN_DISTANCE` when the privacy extra is installed, else off). A number without the extra is a usage
     error naming it."""
     if value is None:
-        return VERIFY_THRESHOLD if identity_available() else None
+        return DEFAULT_MIN_DISTANCE if identity_available() else None
     if value.strip().lower() in ("off", "none"):
         return None
     try:

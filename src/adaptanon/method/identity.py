@@ -32,6 +32,14 @@ from adaptanon.records import Box
 VERIFY_THRESHOLD = 0.6
 """dlib's same-person threshold on the Euclidean distance of two descriptors."""
 
+DEFAULT_MIN_DISTANCE = 0.45
+"""Default ``--min-identity-distance``: a written face closer than this to its original
+is still the person. Not dlib's 0.6: a face chip whose face is gone (a solid mask) still
+lies within 0.6 of its original about half the time (outline, hair and background stay
+in the chip, and such descriptors sit near 0.6 from most faces), while at 0.45 the
+default face filter is never flagged and the paper's blur about as often as it is
+identified rank-1 (docs/results.md, bench/identity.py)."""
+
 LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
 DESCRIPTOR_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 INSTALL_HINT = "pip install 'adaptanon[privacy]' (dlib-bin and face-recognition-models)"
@@ -184,9 +192,9 @@ def rank1(probes: np.ndarray, gallery: np.ndarray, truth: Sequence[int]) -> list
 @dataclass(frozen=True)
 class IdentityLimit:
     """When a written face is still the person: its descriptor within ``min_distance`` of
-    the original's (``--min-identity-distance``; dlib's same-person threshold is 0.6)."""
+    the original's (``--min-identity-distance``, default :data:`DEFAULT_MIN_DISTANCE`)."""
 
-    min_distance: float = VERIFY_THRESHOLD
+    min_distance: float = DEFAULT_MIN_DISTANCE
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.min_distance) and self.min_distance >= 0):
@@ -226,6 +234,7 @@ class IdentityLimit:
 
 
 __all__ = [
+    "DEFAULT_MIN_DISTANCE",
     "VERIFY_THRESHOLD",
     "FaceIdentity",
     "IdentityLimit",
