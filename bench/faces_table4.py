@@ -24,7 +24,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +38,7 @@ from adaptanon.io import read_image
 from adaptanon.io.codecs import to_image
 from adaptanon.io.images import InputImage, collect_inputs
 from adaptanon.method import Outcome, Settings, parse_filter
-from adaptanon.regions import DetectorOptions, RegionQuery, parse_region_source
+from adaptanon.regions import DetectorOptions, RegionQuery, RegionSource, parse_region_source
 from adaptanon.regions.base import Detection
 from adaptanon.regions.detectors import CenterFace
 
@@ -67,6 +67,59 @@ class RememberedFaces(CenterFace):
             for k, dets in zip([self.key(q) for q in todo], super().find_many(todo), strict=True):
                 self.memory[k] = dets
         return [self.memory[k] for k in keys]
+
+
+Written = dict[str, list[tuple[Path, Path]]]
+
+
+def file_keeper(
+    files: Path, filters: Sequence[str]
+) -> tuple[Written, Callable[[Config, InputImage, Outcome], None]]:
+    """``(written, keep)``: ``keep`` is an ``on_outcome`` for ``evaluate`` that writes each
+    file ``anonymize`` would write (statuses unchanged, corrected, no_regions) under
+    ``files/<filter>/`` and lists ``(input, output)`` per filter in ``written``."""
+    written: Written = {f: [] for f in filters}
+
+    def keep(config: Config, item: InputImage, out: Outcome) -> None:
+        if out.data is None or out.record.status not in WRITTEN:
+            return
+        path = files / config.filter / item.relative.with_suffix(".png")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(out.data)
+        written[config.filter].append((item.path, path))
+
+    return written, keep
+
+
+def classes_changed(model: torch.nn.Module, pairs: list[tuple[Path, Path]]) -> int:
+    """How many written files a plain PIL loader classifies unlike their inputs."""
+    originals = plain_classes(model, [a for a, _ in pairs])
+    outputs = plain_classes(model, [b for _, b in pairs])
+    return sum(a != b for a, b in zip(originals, outputs, strict=True))
+
+
+def evaluate_written(
+    items: list[InputImage], out: Path, filters: Sequence[str], source: RegionSource
+) -> list[dict[str, Any]]:
+    """``evaluate`` (default model and settings, ``--regions faces`` label) with each of
+    ``filters`` under ``out/eval`` (no cache reuse: every file is written by this run),
+    the files ``anonymize`` would write kept under ``out/files``; each results row gains
+    ``written`` and ``changed_on_written_file`` (plain PIL loader against the input)."""
+    written, keep = file_keeper(out / "files", filters)
+    configs = [Config(DEFAULT_MODEL, f, Settings(filter=parse_filter(f)), "faces") for f in filters]
+    for cached in (out / "eval" / "cache").glob("*.jsonl"):
+        cached.unlink()
+    summaries = evaluate(
+        items, out / "eval", configs, source, load_classifier, batch_size=8, on_outcome=keep
+    )
+    model = efficientnet_lite("efficientnet_lite0").model
+    rows = []
+    for s in summaries:
+        pairs = written[s["filter"]]
+        rows.append(
+            {**s, "written": len(pairs), "changed_on_written_file": classes_changed(model, pairs)}
+        )
+    return rows
 
 
 def detection_counts(
@@ -123,38 +176,9 @@ def main() -> None:
     detection = detection_counts(items, faces, threads)
     print(json.dumps(detection), flush=True)
 
-    files = args.out / "files"
-    written: dict[str, list[tuple[Path, Path]]] = {f: [] for f in FILTERS}
-
-    def keep(config: Config, item: InputImage, out: Outcome) -> None:
-        if out.data is None or out.record.status not in WRITTEN:
-            return
-        path = files / config.filter / item.relative.with_suffix(".png")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(out.data)
-        written[config.filter].append((item.path, path))
-
-    configs = [Config(DEFAULT_MODEL, f, Settings(filter=parse_filter(f)), "faces") for f in FILTERS]
-    # No cache reuse: every file is written by this run.
-    for cached in (args.out / "eval" / "cache").glob("*.jsonl"):
-        cached.unlink()
-    summaries = evaluate(
-        items,
-        args.out / "eval",
-        configs,
-        faces,
-        lambda spec: load_classifier(spec),
-        batch_size=8,
-        on_outcome=keep,
-    )
-    model = efficientnet_lite("efficientnet_lite0").model
     rows = []
-    for s in summaries:
-        pairs = written[s["filter"]]
-        originals = plain_classes(model, [a for a, _ in pairs])
-        outputs = plain_classes(model, [b for _, b in pairs])
-        changed = sum(a != b for a, b in zip(originals, outputs, strict=True))
-        rows.append({**s, "written": len(pairs), "changed_on_written_file": changed})
+    for row in evaluate_written(items, args.out, FILTERS, faces):
+        rows.append(row)
         keys = ("filter", "face_images", "face_vulnerable_initial_pct", "not_corrected",
                 "face_mean_steps", "face_redetection_plain_pct", "face_redetection_corrected_pct",
                 "region_psnr_plain_mean", "region_psnr_corrected_mean", "written",

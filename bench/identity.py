@@ -31,15 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 from docs_section import update_section
-from imagenet_sample import plain_classes
+from faces_table4 import evaluate_written
 from PIL import Image
 
-from adaptanon.classifiers import DEFAULT_MODEL, efficientnet_lite, load_classifier
-from adaptanon.evaluate import Config, evaluate
 from adaptanon.io import read_image
 from adaptanon.io.codecs import to_image
-from adaptanon.io.images import InputImage, collect_inputs
-from adaptanon.method import Outcome, Settings, parse_filter
+from adaptanon.io.images import collect_inputs
 from adaptanon.regions import DetectorOptions, ExplicitBoxes, RegionQuery
 from adaptanon.regions.detectors import CenterFace
 
@@ -104,37 +101,9 @@ def main() -> None:
     items = collect_inputs([str(folder)])
     print(f"{len(items)} images with faces (of {looked} + 2 photos)", flush=True)
 
-    files = args.out / "files"
-    written: dict[str, list[tuple[Path, Path]]] = {f: [] for f in FILTERS}
-
-    def keep(config: Config, item: InputImage, out: Outcome) -> None:
-        if out.data is None or out.record.status not in WRITTEN:
-            return
-        path = files / config.filter / item.relative.with_suffix(".png")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(out.data)
-        written[config.filter].append((item.path, path))
-
-    configs = [Config(DEFAULT_MODEL, f, Settings(filter=parse_filter(f)), "faces") for f in FILTERS]
-    for cached in (args.out / "eval" / "cache").glob("*.jsonl"):
-        cached.unlink()  # every file is written by this run
-    summaries = evaluate(
-        items,
-        args.out / "eval",
-        configs,
-        faces,
-        lambda spec: load_classifier(spec),
-        batch_size=8,
-        on_outcome=keep,
-    )
-    model = efficientnet_lite("efficientnet_lite0").model
-    rows = []
-    for s in summaries:
-        pairs = written[s["filter"]]
-        originals = plain_classes(model, [a for a, _ in pairs])
-        outputs = plain_classes(model, [b for _, b in pairs])
-        changed = sum(a != b for a, b in zip(originals, outputs, strict=True))
-        rows.append({**s, "written": len(pairs), "changed_on_written_file": changed})
+    rows = evaluate_written(items, args.out, FILTERS, faces)
+    for s in rows:
+        changed = s["changed_on_written_file"]
         keys = [k for k in s if k.startswith("identity_")] + ["mean_steps", "failed"]
         print(json.dumps({"filter": s["filter"], "changed": changed, **{k: s[k] for k in keys}}))
     for r in rows:
