@@ -199,11 +199,11 @@ def test_auto_filter_picks_by_label(astronaut) -> None:
 
 
 def test_a_recognizable_face_is_weak(tiny, astronaut) -> None:
-    """A light blur that passes the strength limits when they are relaxed keeps the face
-    recognizable: with the identity check the image is ``weak``, without it not, and the
-    manifest records the distance."""
+    """A fine mosaic (2-pixel cells) that passes the strength limits when they are relaxed
+    keeps the face recognizable: with the identity check the image is ``weak``, without it
+    not, and the manifest records the distance."""
     source = ExplicitBoxes({"a.png": [list(ASTRONAUT_FACE)]}, {"a.png": ["face"]})
-    light = Blur(5, 1.0, scale_to_input=False)
+    light = Mosaic(2, scale_to_input=False)
     loose = StrengthLimits(max_ssim=1.0, max_detail=1.0)
     base = Settings(filter=light, solver=GradientSolver(0.1, 20), strength=loose)
     (plain,) = process_batch(tiny, source, base, ["a.png"], [astronaut])
@@ -281,7 +281,7 @@ def test_gallery_adds_other_people(tmp_path: Path, model, astronaut) -> None:
 
 
 def test_cli_identity_check(tmp_path: Path) -> None:
-    """anonymize: a face (a COCO detection named face) under a light blur is weak with the
+    """anonymize: a face (a COCO detection named face) under a fine mosaic is weak with the
     default check (exit 1, distance in the manifest), and the summary says the check ran;
     `off` turns it off; a bad value is a usage error."""
     from click.testing import CliRunner
@@ -299,8 +299,8 @@ def test_cli_identity_check(tmp_path: Path) -> None:
     }
     (tmp_path / "det.json").write_text(json.dumps(coco))
     common = ["anonymize", str(folder), "--model", "tiny_factory:make", "--device", "cpu",
-              "--regions", f"coco={tmp_path / 'det.json'}", "--filter", "blur",
-              "--blur-kernel", "5", "--blur-sigma", "1", "--no-filter-scaling",
+              "--regions", f"coco={tmp_path / 'det.json'}", "--filter", "mosaic",
+              "--mosaic-block", "2", "--no-filter-scaling",
               "--max-region-ssim", "1", "--max-region-detail", "1"]  # fmt: skip
     res = CliRunner().invoke(main, [*common, "-o", str(tmp_path / "a")])
     assert res.exit_code == 1, res.output

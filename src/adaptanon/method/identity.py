@@ -32,13 +32,13 @@ from adaptanon.records import Box
 VERIFY_THRESHOLD = 0.6
 """dlib's same-person threshold on the Euclidean distance of two descriptors."""
 
-DEFAULT_MIN_DISTANCE = 0.45
+DEFAULT_MIN_DISTANCE = 0.4
 """Default ``--min-identity-distance``: a written face closer than this to its original
 is still the person. Not dlib's 0.6: a face chip whose face is gone (a solid mask) still
 lies within 0.6 of its original about half the time (outline, hair and background stay
-in the chip, and such descriptors sit near 0.6 from most faces), while at 0.45 the
-default face filter is never flagged and the paper's blur about as often as it is
-identified rank-1 (docs/results.md, bench/identity.py)."""
+in the chip, and such descriptors sit near 0.6 from most faces). At 0.4 the paper's blur
+is flagged about as often as its faces are identified rank-1, the default face filter and
+the mask rarely (docs/results.md, bench/identity.py)."""
 
 LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
 DESCRIPTOR_FILE = "dlib_face_recognition_resnet_model_v1.dat"
