@@ -188,9 +188,7 @@ def test_exported_program_pt2(tmp_path):
     torch.export.save(torch.export.export(net, (torch.rand(1, 3, 32, 32),)), str(path))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no "training mode" warning
-        clf = load_classifier(
-            str(path), class_names=[f"c{i}" for i in range(10)], trust_model=True
-        )
+        clf = load_classifier(str(path), class_names=[f"c{i}" for i in range(10)], trust_model=True)
     assert clf.preprocess == Preprocess(resize=37, crop=32)
     assert clf.class_name(3) == "c3"
     x = torch.randn(3, 3, 32, 32)  # exported for batch 1: run one by one

@@ -57,7 +57,9 @@ class ImageRecord:
     ``worst_variant_margin``/``worst_variant`` (``--robust`` only, else None): the
     smallest logit margin of the written pixels over the loader variants, each measured
     against the class that variant gives the original, and that variant's name.
-    ``settings`` describes the run.
+    ``identity_distance`` (with the face identity check, else empty): per region, the
+    face descriptor distance between the written face and the original (None for regions
+    that are not faces). ``settings`` describes the run.
     """
 
     input: str
@@ -83,6 +85,7 @@ class ImageRecord:
     psnr_final: float | None = None
     strength_plain: list[dict[str, float | None]] = field(default_factory=list)
     strength_final: list[dict[str, float | None]] = field(default_factory=list)
+    identity_distance: list[float | None] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -32,6 +32,8 @@ from adaptanon.engines.video import run_videos
 from adaptanon.io import IMAGE_EXTENSIONS, InputImage
 from adaptanon.io.video import VIDEO_EXTENSIONS
 from adaptanon.method import Settings
+from adaptanon.method.identity import INSTALL_HINT
+from adaptanon.method.identity import available as identity_available
 from adaptanon.records import ImageRecord, Status
 from adaptanon.regions import RegionSource
 
@@ -243,7 +245,25 @@ def anonymize_paths(
             sys.exit(130)
     if not quiet:
         print_summary(summary, out)
+        print_identity_note(settings)
     return summary
+
+
+def print_identity_note(settings: Settings) -> None:
+    """Say whether written faces were checked against their originals with a face
+    recognition model (``--min-identity-distance``)."""
+    if settings.identity is not None:
+        err.print(
+            "faces checked for recognizability: a written face whose descriptor lies "
+            f"within {settings.identity.min_distance:g} of its original is weak"
+        )
+    elif identity_available():
+        err.print("[yellow]face identity check off (--min-identity-distance off)[/yellow]")
+    else:
+        err.print(
+            "[yellow]face identity check off: the face-recognition model is not installed "
+            f"({INSTALL_HINT})[/yellow]"
+        )
 
 
 @click.command()

@@ -29,11 +29,13 @@ from adaptanon.cli.options import (
 from adaptanon.cli.video import build_video_options, split_videos, video_options
 from adaptanon.engines import default_batch_size
 from adaptanon.evaluate import Config, evaluate, find_labels
+from adaptanon.evaluate.identity import gallery_descriptors
 from adaptanon.evaluate.readability import PLATES_FILE, PlateCheck, PlateReader, find_plate_truth
 from adaptanon.evaluate.video import evaluate_videos
 from adaptanon.io import IMAGE_EXTENSIONS, InputImage
 from adaptanon.io.video import VIDEO_EXTENSIONS
 from adaptanon.method import FILTERS
+from adaptanon.method.identity import IdentityUnavailable
 from adaptanon.records import Status
 from adaptanon.regions import RegionSource
 
@@ -186,6 +188,12 @@ def evaluate_paths(
         ) from exc
 
     configs = sweep_configs(kw)
+    gallery = None
+    if kw.get("gallery") is not None:
+        try:
+            gallery = gallery_descriptors(kw["gallery"])
+        except IdentityUnavailable as exc:
+            raise click.BadParameter(str(exc), param_hint="--gallery") from exc
     source, items = regions_and_inputs(inputs, out, kw, IMAGE_EXTENSIONS | VIDEO_EXTENSIONS)
     items, videos = split_videos(items)
     video_rows: list[dict[str, Any]] = []
@@ -227,6 +235,7 @@ def evaluate_paths(
                 on_config=on_config,
                 on_row=on_row,
                 plates=plates,
+                gallery=gallery,
             )
         except KeyboardInterrupt:
             progress.stop()
@@ -305,6 +314,13 @@ def evaluate_video_paths(
     f"characters can be read before and after anonymization [default: {PLATES_FILE} beside "
     "the images, when --regions includes plates].",
 )
+@click.option(
+    "--gallery",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of face photos of other people: added to the originals that each "
+    "anonymized face is identified among (needs adaptanon[privacy]).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @method_options
 @video_options
@@ -313,6 +329,7 @@ def evaluate_command(
     out: Path,
     examples: int,
     plates_truth: Path | None,
+    gallery: Path | None,
     quiet: bool,
     **kw: Any,
 ) -> None:
@@ -326,7 +343,9 @@ def evaluate_command(
     OUT/videos.json and videos.md (per-frame measures, flicker, per-track privacy). Exits 1
     if no image could be evaluated.
     """
-    rows = evaluate_paths(list(inputs), out, kw, examples, quiet, plates_truth)
+    rows = evaluate_paths(
+        list(inputs), out, kw | {"gallery": gallery}, examples, quiet, plates_truth
+    )
     sys.exit(0 if any(r["images"] for r in rows) else 1)
 
 
@@ -343,7 +362,7 @@ def _sweepable(command: click.Command) -> click.Command:
         ),
         "filter_name": click.Option(
             ["--filter", "filter_name"],
-            default="blur",
+            default="auto",
             show_default=True,
             help=f"Anonymization filter(s), comma-separated: {', '.join(SWEEP_FILTERS)}.",
         ),

@@ -32,6 +32,8 @@ from adaptanon.method import (
     parse_criterion,
     parse_filter,
 )
+from adaptanon.method.identity import DEFAULT_MIN_DISTANCE, INSTALL_HINT, IdentityLimit
+from adaptanon.method.identity import available as identity_available
 from adaptanon.preprocessing import SpecPreprocess, parse_preprocess
 from adaptanon.regions import DetectorOptions, RegionSource, parse_region_source
 from adaptanon.regions.detectors import DEFAULT_BOX_SCALE, DEFAULT_FACE_THRESHOLD
@@ -186,9 +188,11 @@ def method_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "--filter",
             "filter_name",
             type=click.Choice(list(FILTERS)),
-            default="blur",
+            default="auto",
             show_default=True,
-            help="Anonymization filter (yang: Yang et al.'s face blur, sized by each face).",
+            help="Anonymization filter for every region; auto: facemosaic for regions "
+            "labelled face (a coarse mosaic with noise, sized by each face), blur for the "
+            "others (yang: Yang et al.'s face blur, sized by each face).",
         ),
         click.option(
             "--blur-kernel",
@@ -278,6 +282,16 @@ def method_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "of the original's fine (Laplacian) detail is `weak`.",
         ),
         click.option(
+            "--min-identity-distance",
+            "min_identity_distance",
+            default=None,
+            callback=_check_identity_distance,
+            help="Privacy floor for faces: an image with a face whose written descriptor "
+            "(dlib's face recognition) lies closer than this to the original's is `weak`; "
+            f"{DEFAULT_MIN_DISTANCE} when adaptanon[privacy] is installed, else off; `off` "
+            "turns it off.",
+        ),
+        click.option(
             "--format",
             "fmt",
             type=click.Choice([*FORMATS, *FORMAT_ALIASES], case_sensitive=False),
@@ -328,7 +342,30 @@ def method_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def _check_identity_distance(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> float | None:
+    """``--min-identity-distance``: a number >= 0, ``off``, or None (the default:
+    :data:`DEFAULT_MIN_DISTANCE` when the privacy extra is installed, else off). A number without the extra is a usage
+    error naming it."""
+    if value is None:
+        return DEFAULT_MIN_DISTANCE if identity_available() else None
+    if value.strip().lower() in ("off", "none"):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not (math.isfinite(number) and number >= 0):
+        raise click.BadParameter(f"must be a number >= 0 or 'off', got {value!r}", ctx, param)
+    if not identity_available():
+        raise click.BadParameter(f"needs the face-recognition model: {INSTALL_HINT}", ctx, param)
+    return number
+
+
 FILTER_PARAMS = {
+    "auto": {},  # facemosaic for faces, the blur (with its options) for the other regions
+    "facemosaic": {},  # sized by each face
     "blur": {"kernel": "blur_kernel", "sigma": "blur_sigma"},
     "mask": {"value": "mask_value"},
     "mosaic": {"block": "mosaic_block"},
@@ -344,6 +381,8 @@ def build_filter(name: str, kw: dict[str, Any]) -> Filter:
     params: dict[str, Any] = {key: kw[opt] for key, opt in FILTER_PARAMS[name].items()}
     if name in ("blur", "mosaic"):
         params["scale_to_input"] = not kw["no_filter_scaling"]
+    if name == "auto":
+        params["other"] = build_filter("blur", kw)
     return parse_filter(name, **params)
 
 
@@ -368,8 +407,15 @@ def build_settings(
         solver=solver,
         codec=Codec(kw["fmt"], kw["quality"], kw["png_compression"]),
         strength=StrengthLimits(kw["max_region_ssim"], kw["max_region_detail"]),
+        identity=identity_limit(kw),
         robust=bool(kw.get("robust", False)),
     )
+
+
+def identity_limit(kw: dict[str, Any]) -> IdentityLimit | None:
+    """The face identity check ``--min-identity-distance`` asks for (None: off)."""
+    value = kw.get("min_identity_distance")
+    return None if value is None else IdentityLimit(float(value))
 
 
 def device_option(name: str) -> torch.device:

@@ -8,6 +8,9 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
+from adaptanon.evaluate.identity import identity_summary
 from adaptanon.evaluate.rows import Config, ImageRow
 from adaptanon.method.metrics import region_psnr
 from adaptanon.records import Status
@@ -218,7 +221,10 @@ def readability_summary(rows: Sequence[ImageRow]) -> dict[str, Any]:
 
 
 def summarize(
-    config: Config, rows: Sequence[ImageRow], labels: Mapping[str, int] | None = None
+    config: Config,
+    rows: Sequence[ImageRow],
+    labels: Mapping[str, int] | None = None,
+    gallery: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """One results row for ``config``: the paper's columns and more.
 
@@ -229,7 +235,9 @@ def summarize(
     counts images whose written region was not measurably anonymized; the ``region_*``
     keys are :func:`strength_summary`, the images with regions and the Table 4 analog per
     region label :func:`regions_summary`, face re-detection and the correction's size
-    :func:`privacy_summary`, plate readability :func:`readability_summary`.
+    :func:`privacy_summary`, plate readability :func:`readability_summary`, identification
+    of the anonymized faces among the originals (and ``gallery``)
+    :func:`~adaptanon.evaluate.identity.identity_summary`.
     """
     labels = labels or {}
     valid = valid_rows(rows)
@@ -271,6 +279,7 @@ def summarize(
         **regions_summary(valid),
         **privacy_summary(valid),
         **readability_summary(valid),
+        **identity_summary(valid, gallery),
         "seconds_per_image": seconds,
         "images_per_second": rate,
         "key": config.key,

@@ -15,7 +15,7 @@ import numpy as np
 from adaptanon.method import Settings
 from adaptanon.records import ImageRecord
 
-CACHE_SCHEMA = 4
+CACHE_SCHEMA = 5
 """Bump when the meaning of cached rows changes, so that old caches are not reused."""
 
 
@@ -95,6 +95,11 @@ class ImageRow(ImageRecord):
         plate_chars_original, plate_chars_plain, plate_chars_final: characters read
             correctly in the plate boxes of the original, the plainly anonymized and the
             final image.
+
+        identity_faces: per face region, with the ``privacy`` extra, the face descriptors
+            of the original, plain, corrected and attacked faces
+            (:func:`adaptanon.evaluate.identity.add_identity`); None otherwise.
+        identity_attack: the inversion attack run on those faces.
     """
 
     input: str = ""
@@ -112,6 +117,9 @@ class ImageRow(ImageRecord):
     plate_chars_original: int | None = None
     plate_chars_plain: int | None = None
     plate_chars_final: int | None = None
+
+    identity_faces: list[dict[str, Any]] | None = None
+    identity_attack: str | None = None
 
     @property
     def name(self) -> str:

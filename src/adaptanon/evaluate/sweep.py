@@ -10,6 +10,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from torch import Tensor
+
 from adaptanon.classifiers import Classifier
 from adaptanon.engines import load_batches, process_loaded
 from adaptanon.evaluate.cache import (
@@ -19,6 +22,7 @@ from adaptanon.evaluate.cache import (
     load_examples,
     save_example,
 )
+from adaptanon.evaluate.identity import add_identity
 from adaptanon.evaluate.labels import find_labels
 from adaptanon.evaluate.metrics import summarize
 from adaptanon.evaluate.readability import PlateCheck
@@ -116,6 +120,13 @@ def add_privacy(
             row.faces_redetected_final = count_found(faces, final.detections)
 
 
+def scale_of(classifier: Classifier, image: Tensor) -> float:
+    """Input pixels per view pixel of a ``(3, H, W)`` image, as the pipeline scales
+    filters."""
+    geometry = classifier.geometry(image.shape[-2], image.shape[-1])
+    return geometry.scale if geometry else 1.0
+
+
 def process_items(
     classifier: Classifier,
     source: RegionSource,
@@ -142,6 +153,13 @@ def process_items(
     add_privacy(rows, [out for _, out in results], source)
     if plates is not None:
         plates.add(rows, [out for _, out in results])
+    add_identity(
+        rows,
+        [out.images for _, out in results],
+        config.settings.filter,
+        config.settings.shape,
+        lambda img: scale_of(classifier, img),
+    )
     for row, (item, out) in zip(rows, results, strict=True):
         if on_outcome is not None:
             on_outcome(config, item, out)
@@ -276,10 +294,13 @@ def evaluate(
     share_unchanged: bool = True,
     on_outcome: OnOutcome | None = None,
     plates: PlateCheck | None = None,
+    gallery: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """Run the sweep (see :func:`run_sweep`) and write ``results.json``, ``results.csv``,
     ``results.md`` and ``report.html`` to ``out_dir``. Returns the results rows, one per
-    configuration. ``labels`` defaults to the ``labels.csv`` files beside the images."""
+    configuration. ``labels`` defaults to the ``labels.csv`` files beside the images;
+    ``gallery``: ``(M, 128)`` face descriptors of other people, added to the originals
+    the anonymized faces are identified among."""
     from adaptanon.evaluate.report import write_reports
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -300,7 +321,7 @@ def evaluate(
         plates=plates,
     )
     labels = find_labels(items) if labels is None else labels
-    summaries = [summarize(s.config, s.rows, labels) for s in swept]
+    summaries = [summarize(s.config, s.rows, labels, gallery) for s in swept]
     for summary, s in zip(summaries, swept, strict=True):
         summary["complete"] = s.complete
     figures = [(s.config, load_examples(cache_dir, s.config, s.rows)) for s in swept]

@@ -22,6 +22,7 @@ from adaptanon.classifiers.robust import robust as robust_classifier
 from adaptanon.io.codecs import Codec, to_pixels
 from adaptanon.method.criteria import Criterion, SameClass, logit_margin
 from adaptanon.method.filters import Blur, Filter, anonymize
+from adaptanon.method.identity import IdentityLimit
 from adaptanon.method.metrics import StrengthLimits, image_strength, region_psnr
 from adaptanon.method.solvers import GradientSolver, Solver
 from adaptanon.method.solvers.gradient import variant_margins
@@ -35,7 +36,8 @@ class Settings:
 
     ``robust``: accept an image only when the criterion holds under every loader near
     the declared one (:func:`~adaptanon.preprocessing.variants.variants_of`), and correct
-    it under all of them (``--robust``)."""
+    it under all of them (``--robust``). ``identity``: the face identity check
+    (``--min-identity-distance``; None: off), on regions labelled ``face``."""
 
     filter: Filter = field(default_factory=Blur)
     shape: str = "rect"
@@ -44,6 +46,7 @@ class Settings:
     codec: Codec = field(default_factory=Codec)
     strength: StrengthLimits = field(default_factory=StrengthLimits)
     robust: bool = False
+    identity: IdentityLimit | None = None
 
     def __post_init__(self) -> None:
         if self.shape not in ("rect", "ellipse"):
@@ -60,6 +63,7 @@ class Settings:
             "quality": None if self.codec.lossless else self.codec.quality,
             **self.strength.describe(),
             **({"robust": True} if self.robust else {}),
+            **(self.identity.describe() if self.identity else {}),
         }
 
 
@@ -203,7 +207,8 @@ def process_batch(
             continue
         geometry = geometries[i]
         scale = geometry.scale if geometry else 1.0
-        anon, mask = anonymize(img, regions.boxes, settings.filter, scale, settings.shape)
+        labels = [d.label for d in regions.detections]
+        anon, mask = anonymize(img, regions.boxes, settings.filter, scale, settings.shape, labels)
         todo.append(i)
         anonymized.append(anon)
         masks.append(mask)
@@ -261,6 +266,16 @@ def process_batch(
         out.data, problem = encode_verified(settings.codec, result.images[j], result.stored[j])
         undone = settings.strength.undone(boxes, plain, final)
         weak = settings.strength.weak(boxes, final)
+        faces = [d.label == "face" for d in found[i].detections]
+        if settings.identity is not None and any(faces):
+            try:
+                rec.identity_distance = settings.identity.distances(
+                    images[i], result.stored[j], boxes, faces
+                )
+            except Exception as exc:  # one image's failure must not stop the batch
+                rec.status, rec.error, out.data = Status.ERROR, f"identity check: {exc}", None
+                continue
+            weak = weak or settings.identity.weak(boxes, rec.identity_distance)
         # Nothing to anonymize and a lossless file: its pixels are the input's, so its
         # decision is the original's whatever margin the original itself had.
         as_input = not rec.regions and settings.codec.lossless
