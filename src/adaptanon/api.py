@@ -23,7 +23,8 @@ class Anonymizer:
     """Anonymize images so that a classifier keeps its decision on the stored result.
 
     ``Anonymizer()`` uses the CLI's defaults: EfficientNet-Lite0, the saliency square when
-    no boxes are given, Gaussian blur, the paper's solver (alpha 0.1, 100 steps), the
+    no boxes are given, the ``auto`` filter (a noisy face mosaic for face regions, the
+    paper's Gaussian blur for the others), the paper's solver (alpha 0.1, 100 steps), the
     ``class`` criterion, PNG.
 
     Args:

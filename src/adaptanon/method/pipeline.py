@@ -21,7 +21,7 @@ from adaptanon.classifiers.base import gradient_context
 from adaptanon.classifiers.robust import robust as robust_classifier
 from adaptanon.io.codecs import Codec, to_pixels
 from adaptanon.method.criteria import Criterion, SameClass, logit_margin
-from adaptanon.method.filters import Blur, Filter, anonymize
+from adaptanon.method.filters import ByLabel, Filter, anonymize
 from adaptanon.method.identity import IdentityLimit
 from adaptanon.method.metrics import StrengthLimits, image_strength, region_psnr
 from adaptanon.method.solvers import GradientSolver, Solver
@@ -32,14 +32,15 @@ from adaptanon.regions import RegionQuery, Regions, RegionSource
 
 @dataclass(frozen=True)
 class Settings:
-    """How to anonymize, correct and store; the defaults are the paper's (and the CLI's).
+    """How to anonymize, correct and store; the defaults are the CLI's: the paper's method, with
+    the face mosaic for regions labelled ``face`` (``filter=ByLabel()``, ``--filter auto``).
 
     ``robust``: accept an image only when the criterion holds under every loader near
     the declared one (:func:`~adaptanon.preprocessing.variants.variants_of`), and correct
     it under all of them (``--robust``). ``identity``: the face identity check
     (``--min-identity-distance``; None: off), on regions labelled ``face``."""
 
-    filter: Filter = field(default_factory=Blur)
+    filter: Filter = field(default_factory=ByLabel)
     shape: str = "rect"
     criterion: Criterion = field(default_factory=SameClass)
     solver: Solver = field(default_factory=GradientSolver)
