@@ -213,8 +213,8 @@ def region_strength(
         shape: ``rect`` or ``ellipse`` (the ellipse inscribed in the box).
     """
     x0, y0, x1, y1 = box
-    h, w = reference.shape[-2:]
-    mask = region_mask(h, w, [box], shape)[y0:y1, x0:x1].to(reference.device)
+    # The box's own mask: the same pixels as the whole image's mask cropped to the box.
+    mask = region_mask(y1 - y0, x1 - x0, [(0, 0, x1 - x0, y1 - y0)], shape).to(reference.device)
     ref = reference[:, y0:y1, x0:x1].double()
     oth = other[:, y0:y1, x0:x1].to(reference.device).double()
     psnr = region_psnr(ref, oth, mask)
