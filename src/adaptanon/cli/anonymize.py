@@ -26,7 +26,8 @@ from adaptanon.cli.options import (
     verify_option,
 )
 from adaptanon.engines import FAILED_DIR, Summary, default_batch_size, run
-from adaptanon.engines.local import DEFAULT_BATCH_PIXELS, OutputRefused, RunStopped
+from adaptanon.engines.devices import DEFAULT_BATCH_PIXELS
+from adaptanon.engines.output_folder import OutputRefused, RunStopped
 from adaptanon.io import InputImage
 from adaptanon.method import Settings
 from adaptanon.records import ImageRecord, Status

@@ -1,0 +1,63 @@
+"""The engine's worker processes: a pool started with ``spawn`` (a forked copy of a
+process that has loaded torch, or holds a CUDA context, can deadlock), each worker
+running torch, OpenMP and OpenCV on one thread and leaving Ctrl-C to the main process.
+
+Stage A (:mod:`.reader`) and stage C (:mod:`.finishing`) share one pool: reading and
+finishing alternate, and each worker costs a second or so to start (it imports torch).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+AUTO_WORKERS_MIN_IMAGES = 64
+"""``--workers auto`` starts workers only for at least this many images: fewer are done
+before the workers would have started."""
+
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def default_workers(images: int) -> int:
+    """Worker processes for ``images`` images under ``--workers auto``: the machine's cores,
+    or 0 (everything in this process) below :data:`AUTO_WORKERS_MIN_IMAGES` images."""
+    if images < AUTO_WORKERS_MIN_IMAGES:
+        return 0
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _start_worker(setup: Callable[..., None] | None, args: tuple[Any, ...]) -> None:
+    """In each worker: one thread everywhere, Ctrl-C left to the main process, then
+    ``setup(*args)``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.environ.update({name: "1" for name in _THREAD_VARIABLES})  # for what it starts
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass
+    if setup is not None:
+        setup(*args)
+
+
+def worker_pool(
+    workers: int, setup: Callable[..., None] | None = None, args: tuple[Any, ...] = ()
+) -> ProcessPoolExecutor:
+    """A pool of ``workers`` spawned processes, each set up with ``setup(*args)`` (which,
+    like ``args``, must be picklable: a module-level function)."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1 for a pool, got {workers}")
+    return ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker,
+        initargs=(setup, args),
+    )
