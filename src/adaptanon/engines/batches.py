@@ -95,7 +95,10 @@ def _compute_good(
     names = [item.relative.as_posix() for item, _ in good]
     try:
         images = [to_image(px, classifier.device) for _, px in good]
-        return compute_batch(classifier, source, settings, names, images, keep_images=keep_images)
+        return compute_batch(
+            classifier, source, settings, names, images, keep_images=keep_images,
+            originals_8bit=[px for _, px in good],
+        )  # fmt: skip
     except (RuntimeError, ValueError, MemoryError) as exc:
         if len(good) == 1:
             return [Computed(error_record(good[0][0], f"processing: {exc}"))]

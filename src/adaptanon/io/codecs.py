@@ -27,7 +27,7 @@ FORMAT_ALIASES = {"jpeg": "jpg"}
 
 def to_pixels(image: Tensor) -> np.ndarray:
     """``(3, H, W)`` float image -> ``(H, W, 3)`` uint8 array, rounding to nearest."""
-    q = torch.round(image.detach().clamp(0, 1) * 255.0).to(torch.uint8)
+    q = image.detach().clamp(0, 1).mul_(255.0).round_().to(torch.uint8)
     return q.permute(1, 2, 0).contiguous().cpu().numpy()
 
 
@@ -148,8 +148,12 @@ class Codec:
         Returns:
             ``(3, H, W)``: the stored pixels / 255 in the forward pass, identity backward.
         """
-        if self.lossless:
-            stored = torch.round(image.detach().clamp(0, 1) * 255.0) / 255.0
-        else:
-            stored = to_image(self.stored_pixels(image), image.device).to(image.dtype)
-        return image + (stored - image).detach()
+        with torch.no_grad():
+            if self.lossless:
+                stored = image.detach().clamp(0, 1).mul_(255.0).round_().div_(255.0)
+            else:
+                stored = to_image(self.stored_pixels(image), image.device).to(image.dtype)
+            delta = stored.sub_(image.detach())
+            if not image.requires_grad:
+                return delta.add_(image)  # image + delta, without another copy
+        return image + delta

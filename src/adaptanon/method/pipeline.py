@@ -116,7 +116,8 @@ def check_image(image: Tensor, index: int = 0) -> None:
         )
     if image.dim() != 3 or image.shape[0] != 3 or image.shape[1] < 1 or image.shape[2] < 1:
         raise ValueError(f"{where}: expected shape (3, H, W), got {tuple(image.shape)}")
-    if not bool(torch.isfinite(image).all()) or image.min() < 0 or image.max() > 1:
+    low, high = torch.aminmax(image.detach())  # NaN fails both tests, infinities one
+    if not (bool(low >= 0) and bool(high <= 1)):
         raise ValueError(f"{where}: values must be finite and in [0, 1]")
 
 
@@ -233,6 +234,55 @@ def _crop(image: Tensor, window: Box) -> np.ndarray:
     return part.to("cpu", dtype).contiguous().numpy()
 
 
+def _same_outside(original: Tensor, images: Sequence[Tensor], window: Box) -> bool:
+    """True when every one of ``images`` equals ``original`` outside ``window`` (one host
+    transfer)."""
+    x0, y0, x1, y1 = window
+    strips = [(slice(None), slice(0, y0)), (slice(None), slice(y1, None))]
+    strips += [(slice(y0, y1), slice(0, x0)), (slice(y0, y1), slice(x1, None))]
+    checks = [
+        (img[:, rows, cols] == original[:, rows, cols]).all()
+        for img in images
+        for rows, cols in strips
+    ]
+    return bool(torch.stack(checks).all())
+
+
+def _file_pixels(
+    codec: Codec,
+    original: Tensor,
+    original_8bit: np.ndarray | None,
+    result: SolverResult,
+    j: int,
+    window: Box,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The ``(H, W, 3)`` uint8 pixels to encode (``result.images[j]``) and those the
+    classifier last checked (``result.stored[j]``; None when the same).
+
+    A lossless file of an image that the correction changed only inside ``window``
+    converts just the window: outside it both are the original's 8-bit pixels."""
+    final, stored = result.images[j], result.stored[j]
+    h, w = original.shape[-2:]
+    if (
+        not codec.lossless
+        or window == (0, 0, w, h)
+        or not _same_outside(original, [final, stored], window)
+    ):
+        pixels, checked = to_pixels(final), to_pixels(stored)
+        return pixels, None if np.array_equal(pixels, checked) else checked
+    x0, y0, x1, y1 = window
+    base = to_pixels(original) if original_8bit is None else original_8bit
+    inner = to_pixels(final[:, y0:y1, x0:x1])
+    inner_checked = to_pixels(stored[:, y0:y1, x0:x1])
+    pixels = base.copy()
+    pixels[y0:y1, x0:x1] = inner
+    if np.array_equal(inner, inner_checked):
+        return pixels, None
+    checked = base.copy()
+    checked[y0:y1, x0:x1] = inner_checked
+    return pixels, checked
+
+
 def compute_batch(
     classifier: Classifier,
     source: RegionSource,
@@ -241,10 +291,15 @@ def compute_batch(
     images: Sequence[Tensor],
     *,
     keep_images: bool = False,
+    originals_8bit: Sequence[np.ndarray] | None = None,
 ) -> list[Computed]:
     """The device half of :func:`process_batch`: classify the originals, find regions,
     anonymize and correct. One :class:`Computed` per image, in order; an image whose
     regions could not be found is an ``error`` with no job.
+
+    ``originals_8bit``: the ``(H, W, 3)`` uint8 pixels the images were made from (with
+    :func:`~adaptanon.io.codecs.to_image`), when the caller has them: then only the
+    regions' window of a large photo is converted back to 8 bits.
 
     Raises:
         ValueError: an image is not a float ``(3, H, W)`` tensor in ``[0, 1]``.
@@ -332,8 +387,8 @@ def compute_batch(
         boxes = found[i].boxes
         img = images[i]
         window = _window(settings, boxes, img.shape[-2], img.shape[-1])
-        pixels = to_pixels(result.images[j])
-        checked = to_pixels(result.stored[j])
+        given = None if originals_8bit is None else originals_8bit[i]
+        pixels, checked = _file_pixels(settings.codec, img, given, result, j, window)
         out.job = FinishJob(
             record=rec,
             boxes=list(boxes),
@@ -343,7 +398,7 @@ def compute_batch(
             final=_crop(result.stored[j], window),
             mask=_crop(masks[j][0], window),
             pixels=pixels,
-            checked=None if np.array_equal(pixels, checked) else checked,
+            checked=checked,
             success=bool(success),
         )
         if keep_images:
