@@ -124,3 +124,50 @@ def test_workers_must_not_be_negative(photo_folder, tiny, tmp_path):
     with pytest.raises(ValueError, match="workers"):
         run(collect_inputs([str(photo_folder)]), tmp_path, tiny, boxes_for(photo_folder),
             Settings(filter=Blur()), workers=-1)  # fmt: skip
+
+
+def temporaries(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob("*.tmp") if p.is_file()]
+
+
+def test_workers_keep_the_writers_rules(photo_folder, tiny, tmp_path):
+    """A file the workers wrote as a temporary is put in place only under the output
+    folder's rules: a file no earlier run wrote stays, and no temporary is left."""
+    items = collect_inputs([str(photo_folder)])
+    out = tmp_path / "out"
+    out.mkdir()
+    foreign = out / "coffee.png"
+    foreign.write_bytes(b"the user's own file")
+    summary = run(items, out, tiny, boxes_for(photo_folder), Settings(), 3, workers=2)
+    records = {Path(r["input"]).name: r for r in written(out)[1]}
+    assert records["coffee.png"]["status"] == "error"
+    assert "already exists" in records["coffee.png"]["error"]
+    assert foreign.read_bytes() == b"the user's own file"
+    assert temporaries(out) == []
+    assert summary.counts["error"] == 2  # coffee.png and broken.jpg
+
+
+def test_a_stopped_run_leaves_no_temporary(photo_folder, tiny, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from adaptanon.engines.batches import compute_loaded
+    from adaptanon.engines.finishing import Finisher, Finishing, set_finishing
+    from adaptanon.engines.reader import read_one
+
+    items = [i for i in collect_inputs([str(photo_folder)]) if i.path.suffix == ".png"]
+    out = tmp_path / "out"
+    settings = Settings()
+    finishing = Finishing(settings.rules, None, ".png", out)
+    set_finishing(finishing)  # the pool is threads here: this process is its worker
+    with ThreadPoolExecutor(2) as pool:
+        finisher = Finisher(finishing, pool, limit=100)
+        computed = compute_loaded(
+            tiny, boxes_for(photo_folder), settings, list(map(read_one, items))
+        )
+        for item, one in computed:
+            for _, ready in finisher.add(item, one):
+                ready.discard()  # handed on: the writer's to put in place or discard
+    assert len(temporaries(out)) >= 1  # finished and written, never put in place
+    finisher.discard()
+    assert temporaries(out) == []
+    assert [p for p in out.rglob("*") if p.is_file()] == []

@@ -35,21 +35,28 @@ def local_outcomes(
     *,
     workers: int = 0,
     verify: Verify | None = None,
+    stage_into: Path | None = None,
 ) -> Iterator[tuple[InputImage, Outcome]]:
     """The local engine's producer: each item with its outcome, in order.
 
     ``workers`` processes read and finish the images (0: this process does everything);
-    ``verify`` (``--verify-with``) checks each finished file before it is handed on.
+    ``verify`` (``--verify-with``) checks each finished file before it is handed on. With
+    workers and ``stage_into`` (the output folder) the workers also write each file, as a
+    temporary next to its target that the writer puts in place
+    (:class:`~adaptanon.engines.finishing.Staged`).
     """
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
-    finishing = Finishing(settings.rules, verify, settings.codec.extension)
+    stage = stage_into if workers else None
+    finishing = Finishing(settings.rules, verify, settings.codec.extension, stage)
     with ExitStack() as stack:
         pool = None
         if workers:
             pool = worker_pool(workers, set_finishing, (finishing,))
-            stack.callback(pool.shutdown, wait=True, cancel_futures=True)
         finisher = Finisher(finishing, pool, limit=2 * batch_size + 2 * workers)
+        stack.callback(finisher.discard)  # runs last: after the pool has stopped
+        if pool is not None:
+            stack.callback(pool.shutdown, wait=True, cancel_futures=True)
         for loaded in load_batches(items, batch_size, batch_pixels, pool):
             for item, computed in compute_loaded(classifier, source, settings, loaded):
                 yield from finisher.add(item, computed)
@@ -108,7 +115,7 @@ def run(
         pool = default_workers(len(todo)) if workers is None else workers
         return local_outcomes(
             classifier, source, settings, todo, batch_size, batch_pixels,
-            workers=pool, verify=verify,
+            workers=pool, verify=verify, stage_into=out_dir,
         )  # fmt: skip
 
     return write_outputs(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from adaptanon.classifiers import Classifier
+from adaptanon.engines.finishing import Staged
 from adaptanon.engines.output_folder import (
     MANIFEST_NAME,
     OutputFolder,
@@ -23,7 +24,7 @@ from adaptanon.engines.output_folder import (
     stopped,
 )
 from adaptanon.engines.verify import Verify
-from adaptanon.io.atomic import FolderLock, atomic_write, is_fatal_write_error
+from adaptanon.io.atomic import FolderLock, atomic_write, commit, is_fatal_write_error
 from adaptanon.io.images import InputImage
 from adaptanon.io.manifest import ManifestWriter
 from adaptanon.method.pipeline import Outcome, Settings
@@ -169,17 +170,23 @@ def _write_locked(
         rec = out.record
         rec.input = str(item.path)
         rec.settings = described
-        if out.data is not None and rec.status != Status.ERROR:
-            if verify is not None and rec.status.ok:
+        staged = out if isinstance(out, Staged) else None
+        if (out.data is not None or staged) and rec.status != Status.ERROR:
+            if verify is not None and rec.status.ok and out.data is not None:
                 verify(rec, out.data, extension)
             failed = not rec.status.ok
             target = output_path(out_dir, item, extension, failed)
             refusal = folder.refusal(target, input_paths)
             if refusal:
+                if staged:
+                    staged.discard()
                 rec.status, rec.error = Status.ERROR, refusal
             else:
                 try:
-                    atomic_write(target, out.data)
+                    if staged is None:
+                        atomic_write(target, out.data or b"")
+                    else:
+                        put_in_place(staged, target)
                 except OSError as exc:
                     if is_fatal_write_error(exc):
                         raise stopped(f"write {target}", exc) from exc
@@ -228,3 +235,17 @@ def closing_iterator(iterable: Iterable[T]) -> Iterator[Iterator[T]]:
         close = getattr(iterator, "close", None)
         if close is not None:
             close()
+
+
+def put_in_place(staged: Staged, target: Path) -> None:
+    """Put the file stage C wrote as a temporary at ``target``.
+
+    Raises:
+        OSError: writing the temporary failed, or replacing ``target`` did.
+    """
+    if staged.write_error is not None:
+        raise staged.write_error
+    if staged.staged is None:
+        raise OSError(f"no file was written for {target}")
+    tmp, staged.staged = staged.staged, None
+    commit(tmp, target)
