@@ -177,7 +177,9 @@ def main() -> None:
         sys.path.insert(0, str(ROOT / "bench"))
         from docs_section import update_section
 
-        update_section("host-stages", "Host stages per photo and worker processes (issue 16)", section)
+        update_section(
+            "host-stages", "Host stages per photo and worker processes (issue 16)", section
+        )
 
 
 if __name__ == "__main__":
