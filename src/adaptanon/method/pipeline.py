@@ -238,7 +238,7 @@ def _same_outside(original: Tensor, images: Sequence[Tensor], window: Box) -> bo
     """True when every one of ``images`` equals ``original`` outside ``window`` (one host
     transfer)."""
     x0, y0, x1, y1 = window
-    strips = [(slice(None), slice(0, y0)), (slice(None), slice(y1, None))]
+    strips = [(slice(0, y0), slice(None)), (slice(y1, None), slice(None))]  # (rows, columns)
     strips += [(slice(y0, y1), slice(0, x0)), (slice(y0, y1), slice(x1, None))]
     checks = [
         (img[:, rows, cols] == original[:, rows, cols]).all()
