@@ -7,7 +7,9 @@ third of the photo, blurred): decode (:func:`~adaptanon.io.images.read_image`),
 anonymize (8-bit to float, :func:`~adaptanon.method.filters.anonymize`), metrics (PSNR
 and strength of the plain and final region, as :func:`~adaptanon.method.finish.finish_image`
 measures them), encode (the PNG file), verify (decode the file and compare) and write
-(:func:`~adaptanon.io.atomic.atomic_write`, fsync included).
+(:func:`~adaptanon.io.atomic.atomic_write`, fsync included); hand-over is what worker
+processes add: the decoded pixels and the finishing job (the file's pixels and the
+region's float crops) pickled and unpickled, as they cross between processes.
 
 Throughput: :func:`adaptanon.engines.run` on the same photos with a tiny convolutional
 net (32x32 view) and ``workers`` = 0 (all in this process), 1, 2, ...; images per second
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import platform
 import statistics
 import sys
@@ -70,7 +73,7 @@ def stage_ms(paths: list[Path], folder: Path) -> dict[str, float]:
 
     codec, blur = Codec(), Blur()
     times: dict[str, list[float]] = {k: [] for k in ("decode", "anonymize", "metrics")}
-    times.update({k: [] for k in ("encode", "verify", "write")})
+    times.update({k: [] for k in ("hand-over", "encode", "verify", "write")})
 
     def clock(stage: str, fn: Callable[[], Any]) -> Any:
         start = time.perf_counter()
@@ -97,6 +100,17 @@ def stage_ms(paths: list[Path], folder: Path) -> dict[str, float]:
 
         clock("metrics", metrics)
         final = to_pixels(anon)
+
+        def hand_over(px=pixels, f=final, img=image, out=anon, m=mask, b=box) -> None:
+            """What crosses between processes: the decoded pixels (stage A to B), the
+            file's pixels and the window's float crops (B to C), pickled both ways."""
+            crop = (slice(None), slice(b[1], b[3]), slice(b[0], b[2]))
+            floats = [t[crop].contiguous().numpy() for t in (img, out, out)]
+            pickle.loads(pickle.dumps(px, pickle.HIGHEST_PROTOCOL))
+            job = (f, floats, m[0][crop[1:]].contiguous().numpy())
+            pickle.loads(pickle.dumps(job, pickle.HIGHEST_PROTOCOL))
+
+        clock("hand-over", hand_over)
         data = clock("encode", lambda f=final: codec.encode(f))
         same = clock("verify", lambda d=data, f=final: np.array_equal(codec.decode(d), f))
         assert same

@@ -3,7 +3,7 @@ process that has loaded torch, or holds a CUDA context, can deadlock), each work
 running torch, OpenMP and OpenCV on one thread and leaving Ctrl-C to the main process.
 
 Stage A (:mod:`.reader`) and stage C (:mod:`.finishing`) share one pool: reading and
-finishing alternate, and each worker costs a second or so to start (it imports torch).
+finishing alternate, and each worker imports torch when it starts.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 AUTO_WORKERS_MIN_IMAGES = 64
-"""``--workers auto`` starts workers only for at least this many images: fewer are done
-before the workers would have started."""
+"""``--workers auto`` starts workers only for at least this many images (eight default
+CPU batches): for fewer, starting them is not worth it."""
 
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
