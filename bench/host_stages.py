@@ -5,8 +5,8 @@ against its number of worker processes, with a classifier whose cost is negligib
 Stages, each timed on one thread over the same photos (one region each, the middle
 third of the photo, blurred): decode (:func:`~adaptanon.io.images.read_image`),
 anonymize (8-bit to float, :func:`~adaptanon.method.filters.anonymize`), metrics (PSNR
-and strength of the plain and final region, as :func:`~adaptanon.method.finish.finish_image`
-measures them), encode (the PNG file), verify (decode the file and compare) and write
+and strength of the region, :func:`~adaptanon.method.finish.measure_regions`, as for an
+image that needed no correction step, most of them), encode (the PNG file), verify (decode the file and compare) and write
 (:func:`~adaptanon.io.atomic.atomic_write`, fsync included); hand-over is what worker
 processes add: the decoded pixels and the finishing job (the file's pixels and the
 region's float crops) pickled and unpickled, as they cross between processes.
@@ -69,7 +69,8 @@ def stage_ms(paths: list[Path], folder: Path) -> dict[str, float]:
     from adaptanon.io.codecs import Codec, to_image, to_pixels
     from adaptanon.io.images import read_image
     from adaptanon.method.filters import Blur, anonymize
-    from adaptanon.method.metrics import image_strength, region_psnr
+    from adaptanon.method.finish import FinishJob, measure_regions
+    from adaptanon.records import ImageRecord
 
     codec, blur = Codec(), Blur()
     times: dict[str, list[float]] = {k: [] for k in ("decode", "anonymize", "metrics")}
@@ -91,24 +92,25 @@ def stage_ms(paths: list[Path], folder: Path) -> dict[str, float]:
 
         image, anon, mask = clock("anonymize", anonymized)
 
-        def metrics(img=image, out=anon, m=mask, b=box) -> None:
-            crop = (slice(None), slice(b[1], b[3]), slice(b[0], b[2]))
-            local = [(0, 0, b[2] - b[0], b[3] - b[1])]
-            for _ in range(2):  # the plain and the final image
-                region_psnr(img[crop], out[crop], m[crop])
-                image_strength(img[crop], out[crop], local)
+        crop = (slice(None), slice(box[1], box[3]), slice(box[0], box[2]))
+        floats = [t[crop].contiguous().numpy() for t in (image, anon)]
+        final = to_pixels(anon)
+        job = FinishJob(
+            ImageRecord("photo"), [box], box, floats[0], floats[1], floats[1],
+            mask[0][crop[1:]].contiguous().numpy(), final, None, True,
+        )  # fmt: skip
+
+        def metrics(j=job) -> None:
+            # As finish_image measures an image no step changed (most of them): once.
+            measure_regions(j, "rect")
 
         clock("metrics", metrics)
-        final = to_pixels(anon)
 
-        def hand_over(px=pixels, f=final, img=image, out=anon, m=mask, b=box) -> None:
-            """What crosses between processes: the decoded pixels (stage A to B), the
-            file's pixels and the window's float crops (B to C), pickled both ways."""
-            crop = (slice(None), slice(b[1], b[3]), slice(b[0], b[2]))
-            floats = [t[crop].contiguous().numpy() for t in (img, out, out)]
+        def hand_over(px=pixels, j=job) -> None:
+            """What crosses between processes: the decoded pixels (stage A to B) and the
+            finishing job (B to C), pickled both ways."""
             pickle.loads(pickle.dumps(px, pickle.HIGHEST_PROTOCOL))
-            job = (f, floats, m[0][crop[1:]].contiguous().numpy())
-            pickle.loads(pickle.dumps(job, pickle.HIGHEST_PROTOCOL))
+            pickle.loads(pickle.dumps(j, pickle.HIGHEST_PROTOCOL))
 
         clock("hand-over", hand_over)
         data = clock("encode", lambda f=final: codec.encode(f))

@@ -16,7 +16,12 @@ import numpy as np
 import torch
 
 from adaptanon.io.codecs import Codec
-from adaptanon.method.metrics import StrengthLimits, image_strength, region_psnr
+from adaptanon.method.metrics import (
+    RegionStrength,
+    StrengthLimits,
+    image_strength,
+    region_psnr,
+)
 from adaptanon.records import Box, ImageRecord, Status
 
 
@@ -78,14 +83,7 @@ def finish_image(job: FinishJob, rules: FinishRules) -> tuple[ImageRecord, bytes
     to the checked pixels, and the criterion must have held.
     """
     rec = job.record
-    x0, y0 = job.window[0], job.window[1]
-    original, plain, final = (torch.from_numpy(a) for a in (job.original, job.plain, job.final))
-    mask = torch.from_numpy(job.mask)
-    rec.psnr_plain = _finite(region_psnr(original, plain, mask))
-    rec.psnr_final = _finite(region_psnr(original, final, mask))
-    local = [(bx0 - x0, by0 - y0, bx1 - x0, by1 - y0) for bx0, by0, bx1, by1 in job.boxes]
-    plain_s = image_strength(original, plain, local, rules.shape)
-    final_s = image_strength(original, final, local, rules.shape)
+    plain_s, final_s = measure_regions(job, rules.shape)
     rec.strength_plain = [s.to_dict() for s in plain_s]
     rec.strength_final = [s.to_dict() for s in final_s]
     data, problem = encode_checked(rules.codec, job.pixels, job.checked)
@@ -110,6 +108,25 @@ def finish_image(job: FinishJob, rules: FinishRules) -> tuple[ImageRecord, bytes
     else:
         rec.status = Status.UNCHANGED if rec.steps == 0 else Status.CORRECTED
     return rec, data
+
+
+def measure_regions(
+    job: FinishJob, shape: str
+) -> tuple[list[RegionStrength], list[RegionStrength]]:
+    """The strength of every region after plain anonymization and on the written pixels;
+    sets the record's ``psnr_plain`` and ``psnr_final``. Measured once when no step
+    changed the stored pixels."""
+    rec, (x0, y0) = job.record, job.window[:2]
+    original, plain, final = (torch.from_numpy(a) for a in (job.original, job.plain, job.final))
+    mask = torch.from_numpy(job.mask)
+    local = [(bx0 - x0, by0 - y0, bx1 - x0, by1 - y0) for bx0, by0, bx1, by1 in job.boxes]
+    rec.psnr_plain = _finite(region_psnr(original, plain, mask))
+    plain_s = image_strength(original, plain, local, shape)
+    if np.array_equal(job.plain, job.final):
+        rec.psnr_final = rec.psnr_plain
+        return plain_s, plain_s
+    rec.psnr_final = _finite(region_psnr(original, final, mask))
+    return plain_s, image_strength(original, final, local, shape)
 
 
 def encode_checked(
