@@ -36,7 +36,7 @@ def to_image(pixels: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
     if not pixels.flags.writeable:
         pixels = pixels.copy()
     t = torch.from_numpy(np.ascontiguousarray(pixels)).to(device)
-    return t.permute(2, 0, 1).to(torch.float32) / 255.0
+    return t.to(torch.float32).div_(255.0).permute(2, 0, 1)
 
 
 @cache
