@@ -6,15 +6,16 @@ The same run measures:
   forward/backward per image in batches of 8 on two threads, on inputs preprocessed
   before the clock starts (:func:`throughput.time_bound`);
 - ``adaptanon anonymize`` on the same photos as a user types it (default options:
-  saliency box, blur, PNG; model load included), with ``--workers 0`` (everything in the
-  main process) and with ``--workers`` as given (default ``auto``: one per core), each on
-  two torch threads (``OMP_NUM_THREADS=2``).
+  saliency box, blur, PNG; model load included), once per ``--workers`` value (default
+  0, everything in the main process, and 1), each on two torch threads
+  (``OMP_NUM_THREADS=2``). ``--workers auto`` gives the cores the model's threads leave
+  free: none on a 2-core machine.
 
 The ratio is model seconds / command seconds (1.0: files in, verified files out as fast as
 the model alone). The workers' own threads (one each) share the same cores.
 
 Usage: .venv/bin/python bench/pipeline_cpu.py [--images DIR] [--limit 150]
-    [--workers auto] [--no-docs]
+    [--workers 0 1] [--no-docs]
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--limit", type=int, default=150)
-    parser.add_argument("--workers", default="auto")
+    parser.add_argument("--workers", nargs="+", default=["0", "1"])
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "bench"))
@@ -85,7 +86,7 @@ def main() -> None:
     paths = paths[: args.limit]
     model = model_seconds(paths, 8)
     rows = []
-    for workers in ("0", args.workers):
+    for workers in args.workers:
         seconds, counts, shown = command_seconds(paths, workers)
         row = {
             "workers": workers,

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from adaptanon.cli import main
@@ -172,3 +173,20 @@ def test_a_stopped_run_leaves_no_temporary(photo_folder, tiny, tmp_path):
     finisher.discard()
     assert temporaries(out) == []
     assert [p for p in out.rglob("*") if p.is_file()] == []
+
+
+def test_auto_workers_leave_the_models_cores_alone():
+    from adaptanon.engines.workers import AUTO_WORKERS_MIN_IMAGES, default_workers
+
+    many = AUTO_WORKERS_MIN_IMAGES
+    assert default_workers(many - 1) == 0  # a small job: starting workers does not pay
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        on_cpu = default_workers(many, torch.device("cpu"))
+        torch.set_num_threads(2)
+        assert default_workers(many, torch.device("cpu")) == max(0, on_cpu - 1)
+        # With a GPU the model needs one core whatever torch's CPU threads.
+        assert default_workers(many, torch.device("cuda")) == on_cpu
+    finally:
+        torch.set_num_threads(threads)

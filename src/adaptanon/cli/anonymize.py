@@ -280,8 +280,8 @@ def _check_workers(ctx: click.Context, param: click.Parameter, value: str) -> in
     show_default=True,
     metavar="N|auto",
     help="With --engine local: worker processes that read, decode, measure, encode and "
-    "verify the images beside the model (0: all in this process). auto: one per CPU core "
-    f"for {AUTO_WORKERS_MIN_IMAGES} images or more, else 0.",
+    "verify the images beside the model (0: all in this process). auto: the CPU cores the "
+    f"model's threads leave free, for {AUTO_WORKERS_MIN_IMAGES} images or more, else 0.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @engine_options

@@ -112,7 +112,7 @@ def run(
         raise ValueError(f"workers must be >= 0, got {workers}")
 
     def produce(todo: list[InputImage]) -> Iterator[tuple[InputImage, Outcome]]:
-        pool = default_workers(len(todo)) if workers is None else workers
+        pool = default_workers(len(todo), classifier.device) if workers is None else workers
         return local_outcomes(
             classifier, source, settings, todo, batch_size, batch_pixels,
             workers=pool, verify=verify, stage_into=out_dir,

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+import torch
+
 AUTO_WORKERS_MIN_IMAGES = 64
 """``--workers auto`` starts workers only for at least this many images (eight default
 CPU batches): for fewer, starting them is not worth it."""
@@ -22,12 +24,17 @@ CPU batches): for fewer, starting them is not worth it."""
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
-def default_workers(images: int) -> int:
-    """Worker processes for ``images`` images under ``--workers auto``: the machine's cores,
-    or 0 (everything in this process) below :data:`AUTO_WORKERS_MIN_IMAGES` images."""
+def default_workers(images: int, device: torch.device | None = None) -> int:
+    """Worker processes for ``images`` images under ``--workers auto``: the cores the model
+    leaves free (on the CPU, the cores minus torch's threads; on a GPU, all but one), or 0
+    (everything in this process) below :data:`AUTO_WORKERS_MIN_IMAGES` images. Workers on
+    cores the model's threads use slow it down more than they help
+    (``bench/pipeline_cpu.py``)."""
     if images < AUTO_WORKERS_MIN_IMAGES:
         return 0
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    model = 1 if device is not None and device.type != "cpu" else torch.get_num_threads()
+    return max(0, (cores or 1) - model)
 
 
 def _start_worker(setup: Callable[..., None] | None, args: tuple[Any, ...]) -> None:
@@ -35,8 +42,6 @@ def _start_worker(setup: Callable[..., None] | None, args: tuple[Any, ...]) -> N
     ``setup(*args)``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.update({name: "1" for name in _THREAD_VARIABLES})  # for what it starts
-    import torch
-
     torch.set_num_threads(1)
     try:
         import cv2
