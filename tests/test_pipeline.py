@@ -174,6 +174,7 @@ def test_only_the_window_is_converted_when_nothing_else_changed(tiny, monkeypatc
         moved[:, corner[0], corner[1]] = 1 - moved[:, corner[0], corner[1]]
         assert not pipeline._same_outside(original, [moved], window), corner
     # The whole-image engine path converts the window alone, to the same file.
+    monkeypatch.setattr(pipeline, "WINDOW_PATH_PIXELS", 0)  # as if the photo were large
     sizes = []
     real = pipeline.to_pixels
     monkeypatch.setattr(pipeline, "to_pixels", lambda t: sizes.append(t.shape) or real(t))

@@ -234,6 +234,12 @@ def _crop(image: Tensor, window: Box) -> np.ndarray:
     return part.to("cpu", dtype).contiguous().numpy()
 
 
+WINDOW_PATH_PIXELS = 1_000_000
+"""From this many pixels on, an image whose correction stayed inside its regions' window is
+converted back to 8 bits on the window alone; a smaller one is converted whole (cheaper
+than checking that nothing outside the window changed)."""
+
+
 def _same_outside(original: Tensor, images: Sequence[Tensor], window: Box) -> bool:
     """True when every one of ``images`` equals ``original`` outside ``window`` (one host
     transfer)."""
@@ -259,12 +265,14 @@ def _file_pixels(
     """The ``(H, W, 3)`` uint8 pixels to encode (``result.images[j]``) and those the
     classifier last checked (``result.stored[j]``; None when the same).
 
-    A lossless file of an image that the correction changed only inside ``window``
-    converts just the window: outside it both are the original's 8-bit pixels."""
+    A lossless file of a large image (:data:`WINDOW_PATH_PIXELS`) that the correction
+    changed only inside ``window`` converts just the window: outside it both are the
+    original's 8-bit pixels."""
     final, stored = result.images[j], result.stored[j]
     h, w = original.shape[-2:]
     if (
-        not codec.lossless
+        h * w < WINDOW_PATH_PIXELS
+        or not codec.lossless
         or window == (0, 0, w, h)
         or not _same_outside(original, [final, stored], window)
     ):
