@@ -111,3 +111,31 @@ def test_roundtrip_forward_is_stored_backward_is_identity(fmt):
     w = torch.randn(y.shape, generator=torch.Generator().manual_seed(0))
     (y * w).sum().backward()
     assert torch.allclose(x.grad, w)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (2, 3), (37, 53), (300, 17)])
+def test_png_files_hold_exactly_their_pixels_with_or_without_the_fast_codecs(monkeypatch, shape):
+    import adaptanon.io.codecs as codecs
+
+    px = random_pixels(*shape, seed=shape[0])
+    fast = Codec("png").encode(px)
+    # Whoever wrote it (fpng when adaptanon[fast] is installed), Pillow reads the pixels.
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(fast)).convert("RGB")), px)
+    assert np.array_equal(Codec("png").decode(fast), px)
+    monkeypatch.setattr(codecs, "_optional", lambda module: None)
+    plain = Codec("png").encode(px)
+    assert np.array_equal(Codec("png").decode(plain), px)
+    assert np.array_equal(Codec("png").decode(fast), px)
+
+
+def test_the_fast_png_codecs_are_used_when_installed():
+    pytest.importorskip("fpng")
+    pytest.importorskip("pyspng")
+    import adaptanon.io.codecs as codecs
+
+    px = random_pixels(64, 64)
+    data = Codec("png").encode(px)
+    assert data == codecs._fast_png_encode(px)  # fpng's file, not Pillow's
+    assert np.array_equal(codecs._fast_png_decode(data), px)
+    # A file libspng cannot read is left to Pillow.
+    assert codecs._fast_png_decode(b"not a png") is None

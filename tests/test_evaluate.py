@@ -506,7 +506,7 @@ def test_evaluate_has_the_option_names_of_anonymize() -> None:
         return {o for p in main.commands[command].params for o in p.opts}
 
     # --overwrite and --verify-with concern output files, which evaluate does not write;
-    # --no-resume, --batch-pixels and the engine options concern anonymize's runs alone.
+    # --no-resume, --batch-pixels, --workers and the engine options concern anonymize's runs alone.
     only_anonymize = {"--overwrite", "--verify-with", "--no-resume", "--batch-pixels"}
-    only_anonymize |= {"--engine", "--address", "--ray-actors", "--ray-gpus-per-actor"}
+    only_anonymize |= {"--engine", "--address", "--ray-actors", "--ray-gpus-per-actor", "--workers"}
     assert names("anonymize") - only_anonymize <= names("evaluate")

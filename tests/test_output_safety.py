@@ -15,7 +15,9 @@ from click.testing import CliRunner
 from conftest import make_image, save_png, to_uint8
 from PIL import Image
 
-import adaptanon.engines.local as local
+import adaptanon.engines.batches as batches
+import adaptanon.engines.output_folder as output_folder
+import adaptanon.engines.writer as writer
 from adaptanon.cli import main
 from adaptanon.io.atomic import LOCK_NAME, FolderLock
 from adaptanon.io.manifest import ManifestWriter, read_manifest
@@ -181,7 +183,7 @@ def test_dotdot_in_a_glob_cannot_write_outside_the_output_folder(tmp_path, monke
 # 4. Faults of the disk -----------------------------------------------------------------
 
 
-def failing_after(n: int, code: int, real=local.atomic_write):
+def failing_after(n: int, code: int, real=writer.atomic_write):
     calls = {"n": 0}
 
     def write(path, data):
@@ -195,7 +197,7 @@ def failing_after(n: int, code: int, real=local.atomic_write):
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
 def test_disk_faults_stop_the_run_with_one_line(inputs, tmp_path, monkeypatch, code):
-    monkeypatch.setattr(local, "atomic_write", failing_after(2, code))
+    monkeypatch.setattr(writer, "atomic_write", failing_after(2, code))
     out = tmp_path / "out"
     res = anonymize_cmd(inputs, out, "--regions", "saliency:8", "--batch-size", "1")
     assert res.exit_code == 1, res.output
@@ -222,7 +224,7 @@ def test_unwritable_output_folder_stops_before_any_work(inputs, tmp_path, monkey
 
 
 def test_an_error_of_one_file_is_recorded_and_the_run_goes_on(inputs, tmp_path, monkeypatch):
-    monkeypatch.setattr(local, "atomic_write", failing_after(1, errno.ENAMETOOLONG))
+    monkeypatch.setattr(writer, "atomic_write", failing_after(1, errno.ENAMETOOLONG))
     out = tmp_path / "out"
     res = anonymize_cmd(inputs, out, "--regions", "saliency:8", "--batch-size", "1")
     assert res.exit_code == 1, res.output
@@ -253,7 +255,7 @@ def test_unwritable_manifest_stops_the_run(inputs, tmp_path, monkeypatch):
     def refuse(self, record):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(local.ManifestWriter, "write", refuse)
+    monkeypatch.setattr(writer.ManifestWriter, "write", refuse)
     res = anonymize_cmd(inputs, tmp_path / "out", "--regions", "saliency:8")
     assert res.exit_code == 1
     assert "Read-only file system" in res.output and "Traceback" not in res.output
@@ -281,7 +283,7 @@ def test_a_second_writer_into_the_same_folder_is_refused(inputs, tmp_path):
 def test_lock_is_held_for_the_run(inputs, tmp_path, monkeypatch):
     out = tmp_path / "out"
     seen = []
-    real = local.atomic_write
+    real = writer.atomic_write
 
     def write(path, data):
         with pytest.raises(BlockingIOError):
@@ -289,7 +291,7 @@ def test_lock_is_held_for_the_run(inputs, tmp_path, monkeypatch):
         seen.append(path)
         real(path, data)
 
-    monkeypatch.setattr(local, "atomic_write", write)
+    monkeypatch.setattr(writer, "atomic_write", write)
     assert anonymize_cmd(inputs, out, "--regions", "saliency:8").exit_code == 0
     assert len(seen) == 4
 
@@ -352,7 +354,7 @@ def test_records_of_images_not_rerun_are_kept(inputs, tmp_path):
 
 
 def interrupt_on_call(monkeypatch, n: int) -> None:
-    real = local.process_batch
+    real = batches.compute_batch
     calls = {"n": 0}
 
     def process(*args, **kwargs):
@@ -361,7 +363,7 @@ def interrupt_on_call(monkeypatch, n: int) -> None:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(local, "process_batch", process)
+    monkeypatch.setattr(batches, "compute_batch", process)
 
 
 def test_ctrl_c_exits_130_with_a_valid_manifest(inputs, tmp_path, monkeypatch):
@@ -392,12 +394,12 @@ def test_interrupted_rerun_keeps_what_earlier_runs_wrote(inputs, tmp_path, monke
     }
     monkeypatch.undo()
     # A run killed outright (no chance to carry records over) loses nothing either.
-    (out / local.EARLIER_NAME).write_text((out / "manifest.jsonl").read_text())
+    (out / output_folder.EARLIER_NAME).write_text((out / "manifest.jsonl").read_text())
     (out / "manifest.jsonl").write_text((out / "manifest.jsonl").read_text().splitlines()[0])
     res = anonymize_cmd(inputs, out, "--regions", "saliency:8")
     assert res.exit_code == 0, res.output
     assert all(r["status"] != "error" for r in read_manifest(out / "manifest.jsonl"))
-    assert not (out / local.EARLIER_NAME).exists()
+    assert not (out / output_folder.EARLIER_NAME).exists()
 
 
 # 8. A folder with no images ------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import make_image, to_uint8
 from torch import nn
 
 from adaptanon.classifiers import TorchClassifier, load_classifier
@@ -156,3 +157,31 @@ def test_classifier_inputs_batch_images_of_different_sizes(tiny, synth_batch):
     assert tiny.logits(synth_batch).shape == (len(synth_batch), 10)
     assert tiny.device == torch.device("cpu")
     assert not tiny.model.training
+
+
+def test_only_the_window_is_converted_when_nothing_else_changed(tiny, monkeypatch):
+    from adaptanon.method import pipeline
+
+    original = make_image(60, 80, seed=3)
+    inside, outside = original.clone(), original.clone()
+    inside[:, 20:30, 30:50] = 0.5
+    outside[:, 59, 0] = 0.5
+    window = (30, 20, 50, 30)
+    assert pipeline._same_outside(original, [inside, original], window)
+    assert not pipeline._same_outside(original, [inside, outside], window)
+    for corner in [(0, 0), (59, 79), (25, 0), (25, 79), (0, 40), (59, 40)]:
+        moved = original.clone()
+        moved[:, corner[0], corner[1]] = 1 - moved[:, corner[0], corner[1]]
+        assert not pipeline._same_outside(original, [moved], window), corner
+    # The whole-image engine path converts the window alone, to the same file.
+    monkeypatch.setattr(pipeline, "WINDOW_PATH_PIXELS", 0)  # as if the photo were large
+    sizes = []
+    real = pipeline.to_pixels
+    monkeypatch.setattr(pipeline, "to_pixels", lambda t: sizes.append(t.shape) or real(t))
+    px = to_uint8(original)
+    box = ExplicitBoxes({"a": [(30, 20, 50, 30)]})
+    (fast,) = pipeline.compute_batch(tiny, box, Settings(), ["a"], [original], originals_8bit=[px])
+    assert sizes and all(shape[-2:] == (10, 20) for shape in sizes)
+    (slow,) = pipeline.compute_batch(tiny, box, Settings(), ["a"], [original])
+    assert fast.job is not None and slow.job is not None
+    assert np.array_equal(fast.job.pixels, slow.job.pixels)

@@ -18,7 +18,9 @@ from click.testing import CliRunner
 from conftest import TESTS_DIR, make_image, save_png
 from PIL import Image
 
-import adaptanon.engines.local as local
+import adaptanon.engines.batches as batches
+import adaptanon.engines.output_folder as output_folder
+import adaptanon.engines.reader as reader
 from adaptanon.cli import main
 from adaptanon.io.images import InputImage
 from adaptanon.io.manifest import read_earlier_manifest, read_manifest
@@ -101,7 +103,7 @@ def test_rerun_after_kill_9_finishes_the_job_without_redoing_finished_images(thi
         name = Path(rec["input"]).name
         assert rec["status"] == ref[name]["status"], name
         assert (rec["output"] is None) == (ref[name]["output"] is None)
-    assert not (out / local.EARLIER_NAME).exists()
+    assert not (out / output_folder.EARLIER_NAME).exists()
     # Every output decodes and is byte-identical to the uninterrupted run's; no
     # temporary file of the killed run is left.
     written, expected = outputs(out), outputs(reference)
@@ -204,17 +206,17 @@ def test_batches_are_bounded_by_pixels_as_well_as_images(tmp_path):
     items = sized_items(tmp_path, [(10, 10), (10, 10), (20, 20), (10, 10), (30, 30), (10, 10)])
     (tmp_path / "bad.png").write_bytes(b"nope")
     items.insert(1, InputImage(tmp_path / "bad.png", Path("bad.png")))
-    batches = list(local.load_batches(items, batch_size=3, batch_pixels=500))
+    batches = list(reader.load_batches(items, batch_size=3, batch_pixels=500))
     names = [[item.relative.name for item, _ in batch] for batch in batches]
     # 100 + 0 + 100 | 400 | 100 | 900 (over the limit: alone) | 100
     assert names == [["s0.png", "bad.png", "s1.png"], ["s2.png", "s3.png"], ["s4.png"], ["s5.png"]]
     assert isinstance(batches[0][1][1], ValueError)
-    assert [len(b) for b in local.load_batches(items, batch_size=2)] == [2, 2, 2, 1]
+    assert [len(b) for b in reader.load_batches(items, batch_size=2)] == [2, 2, 2, 1]
 
 
 def test_out_of_memory_splits_the_batch_in_halves(tmp_path, tiny, monkeypatch):
     items = sized_items(tmp_path, [(40, 48)] * 7)
-    real, sizes = local.process_batch, []
+    real, sizes = batches.compute_batch, []
 
     def process(classifier, source, settings, names, images, **kw):
         sizes.append(len(images))
@@ -225,20 +227,20 @@ def test_out_of_memory_splits_the_batch_in_halves(tmp_path, tiny, monkeypatch):
     from adaptanon.method import Settings
     from adaptanon.regions import parse_region_source
 
-    monkeypatch.setattr(local, "process_batch", process)
+    monkeypatch.setattr(batches, "compute_batch", process)
     freed = []
-    monkeypatch.setattr(local, "free_device_memory", lambda device: freed.append(device))
+    monkeypatch.setattr(batches, "free_device_memory", lambda device: freed.append(device))
     loaded = [(item, np.asarray(Image.open(item.path).convert("RGB"))) for item in items]
     source = parse_region_source("saliency:8")
-    results = local.process_loaded(tiny, source, Settings(), loaded)
+    results = batches.process_loaded(tiny, source, Settings(), loaded)
     assert [item for item, _ in results] == items
     assert all(out.status.ok for _, out in results)
     assert sizes == [7, 3, 1, 2, 4, 2, 2]  # 7 -> 3 + 4; 3 -> 1 + 2; 4 -> 2 + 2
     assert len(freed) == 3
     # An image that runs out of memory alone is an error, and the others go on.
     monkeypatch.setattr(
-        local, "process_batch", lambda *a, **k: (_ for _ in ()).throw(MemoryError("no memory"))
+        batches, "compute_batch", lambda *a, **k: (_ for _ in ()).throw(MemoryError("no memory"))
     )
-    results = local.process_loaded(tiny, source, Settings(), loaded[:2])
+    results = batches.process_loaded(tiny, source, Settings(), loaded[:2])
     assert [out.status for _, out in results] == ["error", "error"]
     assert "no memory" in (results[0][1].record.error or "")

@@ -27,8 +27,10 @@ from adaptanon.cli.options import (
 )
 from adaptanon.cli.video import build_video_options, split_videos, unmatched_keys, video_options
 from adaptanon.engines import FAILED_DIR, Summary, default_batch_size, run
-from adaptanon.engines.local import DEFAULT_BATCH_PIXELS, OutputRefused, RunStopped
+from adaptanon.engines.devices import DEFAULT_BATCH_PIXELS
+from adaptanon.engines.output_folder import OutputRefused, RunStopped
 from adaptanon.engines.video import run_videos
+from adaptanon.engines.workers import AUTO_WORKERS_MIN_IMAGES
 from adaptanon.io import IMAGE_EXTENSIONS, InputImage
 from adaptanon.io.video import VIDEO_EXTENSIONS
 from adaptanon.method import Settings
@@ -221,7 +223,10 @@ def anonymize_paths(
                     items, out, classifier, source, settings, batch, advance, kw, options
                 )
             elif items:
-                summary = run(items, out, classifier, source, settings, batch, advance, **options)
+                summary = run(
+                    items, out, classifier, source, settings, batch, advance,
+                    workers=kw.get("workers"), **options,
+                )  # fmt: skip
             if videos:
                 done = run_videos(
                     videos, out, classifier, source, settings, video, batch, advance,
@@ -266,6 +271,19 @@ def print_identity_note(settings: Settings) -> None:
         )
 
 
+def _check_workers(ctx: click.Context, param: click.Parameter, value: str) -> int | None:
+    """``--workers``: ``auto`` (None) or a count >= 0."""
+    if value == "auto":
+        return None
+    try:
+        count = int(value)
+    except ValueError:
+        count = -1
+    if count < 0:
+        raise click.BadParameter(f"expected auto or a number >= 0, got {value!r}")
+    return count
+
+
 @click.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option(
@@ -298,6 +316,16 @@ def print_identity_note(settings: Settings) -> None:
     help="Most megapixels of input in one batch, besides --batch-size (a larger image "
     "goes alone); bounds memory on folders of large photos.",
 )
+@click.option(
+    "--workers",
+    callback=_check_workers,
+    default="auto",
+    show_default=True,
+    metavar="N|auto",
+    help="With --engine local: worker processes that read, decode, measure, encode and "
+    "verify the images beside the model (0: all in this process). auto: the CPU cores the "
+    f"model's threads leave free, for {AUTO_WORKERS_MIN_IMAGES} images or more, else 0.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar or summary.")
 @engine_options
 @method_options
@@ -316,5 +344,7 @@ def anonymize(
     ray_only = ("address", "ray_actors", "ray_gpus_per_actor")
     if kw.get("engine") != "ray" and any(kw.get(name) for name in ray_only):
         raise click.UsageError("--address and --ray-* options need --engine ray")
+    if kw.get("engine") == "ray" and kw.get("workers"):
+        raise click.UsageError("--workers is for --engine local (Ray actors read and finish)")
     summary = anonymize_paths(list(inputs), out, kw, quiet, overwrite, resume=not no_resume)
     sys.exit(0 if summary.ok else 1)

@@ -1,16 +1,16 @@
-"""Engines: files in, files out. :mod:`.local` runs batches in this process (reading one
-batch ahead in a thread); :mod:`.ray` (imported on demand, needs ``adaptanon[ray]``) runs
-them in a pool of Ray actors. Both write through :func:`.local.write_outputs`."""
+"""Engines: files in, files out. :mod:`.local` runs the stages on this machine: reading
+(:mod:`.reader`), the model (:mod:`.batches`) and finishing (:mod:`.finishing`), the last
+two beside each other with worker processes (:mod:`.workers`); :mod:`.ray` (imported on
+demand, needs ``adaptanon[ray]``) runs them in a pool of Ray actors. Both write through
+:func:`.writer.write_outputs` under the rules of :mod:`.output_folder`; :mod:`.devices`
+says which device and how large a batch."""
 
-from adaptanon.engines.local import (
-    FAILED_DIR,
-    Summary,
-    default_batch_size,
-    load_batches,
-    process_loaded,
-    resolve_device,
-    run,
-)
+from adaptanon.engines.batches import process_loaded
+from adaptanon.engines.devices import default_batch_size, resolve_device
+from adaptanon.engines.local import run
+from adaptanon.engines.output_folder import FAILED_DIR
+from adaptanon.engines.reader import load_batches
+from adaptanon.engines.writer import Summary
 
 __all__ = [
     "FAILED_DIR",

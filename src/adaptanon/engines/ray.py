@@ -1,7 +1,7 @@
 """The Ray engine (``adaptanon anonymize --engine ray``, ``pip install 'adaptanon[ray]'``):
 the method runs in a pool of Ray actors, each holding its own classifier, on a local Ray
 instance or a cluster (``--address``); the driver writes the outputs and the manifest
-with the local engine's writer (:func:`~adaptanon.engines.local.write_outputs`), so the
+with the local engine's writer (:func:`~adaptanon.engines.writer.write_outputs`), so the
 layout, statuses and guarantees are the same, resuming included.
 
 The inputs go to the actors as a Ray dataset of paths: on a cluster they must lie on a
@@ -26,14 +26,10 @@ import numpy as np
 import torch
 
 from adaptanon.classifiers import Classifier, load_classifier
-from adaptanon.engines.local import (
-    Summary,
-    describe_run,
-    local_outcomes,
-    resolve_device,
-    write_outputs,
-)
+from adaptanon.engines.devices import resolve_device
+from adaptanon.engines.local import local_outcomes
 from adaptanon.engines.verify import Verify
+from adaptanon.engines.writer import Summary, describe_run, write_outputs
 from adaptanon.io.images import InputImage, current_pixel_limit, pixel_limit
 from adaptanon.method.pipeline import Outcome, Settings
 from adaptanon.records import ImageRecord
@@ -145,7 +141,7 @@ def ray_outcomes(
     gpus_per_actor: float = 0.0,
     cpus_per_actor: float = 1.0,
 ) -> Iterator[tuple[InputImage, Outcome]]:
-    """The Ray engine's producer (a :data:`~adaptanon.engines.local.Produce`): each input
+    """The Ray engine's producer (a :data:`~adaptanon.engines.writer.Produce`): each input
     with its outcome, in the order they finish, computed by ``actors`` actors."""
     import ray
 

@@ -5,7 +5,7 @@ checked on the frames as a reader decodes them from the written file.
 One video is one entry of the output folder: its record (:class:`VideoRecord`) holds
 the per-frame records (runs of frames with the same result as one record) and one
 record per track. Writing, resuming and the output rules are those of
-:func:`adaptanon.engines.local.write_outputs`.
+:func:`adaptanon.engines.writer.write_outputs`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from adaptanon.classifiers import Classifier
-from adaptanon.engines.local import Summary, describe_run, error_outcome, write_outputs
+from adaptanon.engines.batches import error_outcome
+from adaptanon.engines.writer import Summary, describe_run, write_outputs
 from adaptanon.io.codecs import Codec, to_image, to_pixels
 from adaptanon.io.images import InputImage, current_pixel_limit
 from adaptanon.io.video import Clip, VideoCodec, read_video, write_video
@@ -507,7 +508,7 @@ def run_videos(
     extra_settings: Mapping[str, Any] | None = None,
 ) -> Summary:
     """Anonymize the videos ``items`` into ``out_dir`` (one entry of the manifest each),
-    with :func:`~adaptanon.engines.local.write_outputs`'s rules: atomic writes, inputs
+    with :func:`~adaptanon.engines.writer.write_outputs`'s rules: atomic writes, inputs
     never overwritten, one run at a time, and resuming per video. Outputs keep their
     relative paths with the container's extension (:meth:`VideoCodec.extension`)."""
     described = {

@@ -23,18 +23,36 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     The file gets mode ``0666 & ~umask``, like any file the user creates. If ``path`` is a
     symbolic link, the link itself is replaced, never the file it points to.
     """
+    commit(write_temporary(path, data), path)
+
+
+def write_temporary(path: Path, data: bytes | str) -> Path:
+    """The first half of :func:`atomic_write`: ``data`` in a new hidden temporary file
+    (``.NAME.XXXXXXXX.tmp``) next to ``path``, flushed to disk, with the final mode; its
+    path. :func:`commit` puts it in place; a caller that does not must remove it."""
     payload = data.encode("utf-8") if isinstance(data, str) else data
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~current_umask())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def commit(tmp: Path, path: Path) -> None:
+    """The second half of :func:`atomic_write`: the temporary file ``tmp`` replaces
+    ``path`` (a symbolic link there is replaced itself); ``tmp`` is removed on failure."""
+    try:
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

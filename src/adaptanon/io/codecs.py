@@ -9,8 +9,11 @@ Pixel arrays are ``(H, W, 3)`` ``uint8``; images are ``(3, H, W)`` floats in ``[
 
 from __future__ import annotations
 
+import importlib
 import io
 from dataclasses import dataclass
+from functools import cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,7 +27,7 @@ FORMAT_ALIASES = {"jpeg": "jpg"}
 
 def to_pixels(image: Tensor) -> np.ndarray:
     """``(3, H, W)`` float image -> ``(H, W, 3)`` uint8 array, rounding to nearest."""
-    q = torch.round(image.detach().clamp(0, 1) * 255.0).to(torch.uint8)
+    q = image.detach().clamp(0, 1).mul_(255.0).round_().to(torch.uint8)
     return q.permute(1, 2, 0).contiguous().cpu().numpy()
 
 
@@ -33,15 +36,55 @@ def to_image(pixels: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
     if not pixels.flags.writeable:
         pixels = pixels.copy()
     t = torch.from_numpy(np.ascontiguousarray(pixels)).to(device)
-    return t.permute(2, 0, 1).to(torch.float32) / 255.0
+    return t.to(torch.float32).div_(255.0).permute(2, 0, 1)
+
+
+@cache
+def _optional(module: str) -> Any:
+    """``module`` imported, or None when it is not installed (``adaptanon[fast]``)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        return None
+
+
+def _fast_png_encode(pixels: np.ndarray) -> bytes | None:
+    """``(H, W, 3)`` uint8 pixels as a PNG file by fpng; None without fpng, or when it
+    declines the image (then Pillow writes it)."""
+    fpng = _optional("fpng")
+    if fpng is None or pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+        return None
+    try:
+        data = fpng.from_ndarray(np.ascontiguousarray(pixels))
+    except Exception:  # noqa: BLE001 - any refusal falls back to Pillow
+        return None
+    return bytes(data) if data else None
+
+
+def _fast_png_decode(data: bytes) -> np.ndarray | None:
+    """A PNG file's ``(H, W, 3)`` uint8 pixels by libspng; None without it, or when the
+    file is not 8-bit RGB (then Pillow reads it)."""
+    spng = _optional("pyspng")
+    if spng is None:
+        return None
+    try:
+        pixels = spng.load(data)
+    except Exception:  # noqa: BLE001 - Pillow reads it, or says why not
+        return None
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+        return None
+    return np.asarray(pixels)
 
 
 @dataclass(frozen=True)
 class Codec:
     """An output format: ``png`` (lossless), ``jpg`` (or ``jpeg``) or ``webp`` with ``quality``.
 
-    ``png_compression`` is zlib's level (0-9). The default 1, as in OpenCV, encodes about
-    4x faster than Pillow's default 6 for files about 10% larger.
+    ``png_compression`` is zlib's level (0-9) for Pillow's PNG encoder. The default 1, as
+    in OpenCV, encodes about 4x faster than Pillow's default 6 for files about 10% larger.
+    With ``adaptanon[fast]`` installed, PNG files are written by fpng instead (an order
+    of magnitude faster, files a few percent larger, ``png_compression`` unused) and read
+    back by libspng (``bench/codecs.py``); the pixels are the same either way.
     """
 
     format: str = "png"
@@ -70,6 +113,10 @@ class Codec:
 
     def encode(self, pixels: np.ndarray) -> bytes:
         """Encode ``(H, W, 3)`` uint8 pixels; no metadata (EXIF, GPS) is written."""
+        if self.lossless:
+            fast = _fast_png_encode(pixels)
+            if fast is not None:
+                return fast
         buf = io.BytesIO()
         img = Image.fromarray(pixels, "RGB")
         if self.lossless:
@@ -80,6 +127,10 @@ class Codec:
 
     def decode(self, data: bytes) -> np.ndarray:
         """Decode bytes written by :meth:`encode` to ``(H, W, 3)`` uint8 pixels."""
+        if self.lossless:
+            fast = _fast_png_decode(data)
+            if fast is not None:
+                return fast
         with Image.open(io.BytesIO(data)) as img:
             return np.array(img.convert("RGB"))
 
@@ -97,8 +148,12 @@ class Codec:
         Returns:
             ``(3, H, W)``: the stored pixels / 255 in the forward pass, identity backward.
         """
-        if self.lossless:
-            stored = torch.round(image.detach().clamp(0, 1) * 255.0) / 255.0
-        else:
-            stored = to_image(self.stored_pixels(image), image.device).to(image.dtype)
-        return image + (stored - image).detach()
+        with torch.no_grad():
+            if self.lossless:
+                stored = image.detach().clamp(0, 1).mul_(255.0).round_().div_(255.0)
+            else:
+                stored = to_image(self.stored_pixels(image), image.device).to(image.dtype)
+            delta = stored.sub_(image.detach())
+            if not image.requires_grad:
+                return delta.add_(image)  # image + delta, without another copy
+        return image + delta

@@ -84,8 +84,13 @@ def ssim_map(x: Tensor, y: Tensor, window: int = SSIM_WINDOW, sigma: float = SSI
     c = xs.shape[1]
     k = _window1d(window, sigma, xs)
     feats = torch.cat([xs, xs * xs, (xs[0] * xs[1])[None]])  # (5, C, H, W)
-    flat = feats.reshape(5 * c, 1, *feats.shape[-2:])
-    flat = F.conv2d(F.conv2d(flat, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))
+    # One depthwise convolution per axis (a channel per map): torch's float64 path for
+    # single-channel convolutions is several times slower.
+    n = 5 * c
+    flat = feats.reshape(1, n, *feats.shape[-2:])
+    across = k.view(1, 1, 1, -1).expand(n, 1, 1, window).contiguous()
+    down = k.view(1, 1, -1, 1).expand(n, 1, window, 1).contiguous()
+    flat = F.conv2d(F.conv2d(flat, across, groups=n), down, groups=n)
     mx, my, sxx, syy, sxy = flat.reshape(5, c, *flat.shape[-2:])
     vx, vy, cov = sxx - mx * mx, syy - my * my, sxy - mx * my
     num = (2 * mx * my + _C1) * (2 * cov + _C2)
@@ -130,11 +135,11 @@ def laplacian(image: Tensor) -> Tensor:
     """4-neighbour Laplacian of a ``(C, H, W)`` image over full 3x3 windows:
     ``(C, H - 2, W - 2)`` (empty when ``H`` or ``W`` < 3)."""
     x = image.double()
-    k = _LAPLACIAN.to(x).view(1, 1, 3, 3)
     c, h, w = x.shape
+    k = _LAPLACIAN.to(x).view(1, 1, 3, 3).expand(c, 1, 3, 3).contiguous()
     if h < 3 or w < 3:
         return x.new_zeros(c, max(0, h - 2), max(0, w - 2))
-    return F.conv2d(x.reshape(c, 1, h, w), k).reshape(c, h - 2, w - 2)
+    return F.conv2d(x.reshape(1, c, h, w), k, groups=c).reshape(c, h - 2, w - 2)
 
 
 def region_detail(reference: Tensor, other: Tensor, mask: Tensor | None = None) -> float | None:
@@ -213,8 +218,8 @@ def region_strength(
         shape: ``rect`` or ``ellipse`` (the ellipse inscribed in the box).
     """
     x0, y0, x1, y1 = box
-    h, w = reference.shape[-2:]
-    mask = region_mask(h, w, [box], shape)[y0:y1, x0:x1].to(reference.device)
+    # The box's own mask: the same pixels as the whole image's mask cropped to the box.
+    mask = region_mask(y1 - y0, x1 - x0, [(0, 0, x1 - x0, y1 - y0)], shape).to(reference.device)
     ref = reference[:, y0:y1, x0:x1].double()
     oth = other[:, y0:y1, x0:x1].to(reference.device).double()
     psnr = region_psnr(ref, oth, mask)

@@ -1,0 +1,128 @@
+"""``adaptanon anonymize`` end to end on the CPU against the model's own work (issue 16).
+
+The same run measures:
+
+- model: EfficientNet-Lite0's least work for the method, two forward passes plus one
+  forward/backward per image in batches of 8 on two threads, on inputs preprocessed
+  before the clock starts (:func:`throughput.time_bound`);
+- ``adaptanon anonymize`` on the same photos as a user types it (default options:
+  saliency box, blur, PNG; model load included), once per ``--workers`` value (default
+  0, everything in the main process, and 1), each on two torch threads
+  (``OMP_NUM_THREADS=2``). ``--workers auto`` gives the cores the model's threads leave
+  free: none on a 2-core machine.
+
+The ratio is model seconds / command seconds (1.0: files in, verified files out as fast as
+the model alone). The workers' own threads (one each) share the same cores.
+
+Usage: .venv/bin/python bench/pipeline_cpu.py [--images DIR] [--limit 150]
+    [--workers 0 1] [--no-docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = ROOT.parent.parent / "shared/data/imagenet-sample"
+THREADS = 2
+
+
+def model_seconds(paths: list[Path], batch: int) -> float:
+    """Seconds of two forwards + one forward/backward per image, batches of ``batch``."""
+    import torch
+    from throughput import time_bound
+
+    from adaptanon.classifiers import efficientnet_lite
+    from adaptanon.io import read_image, to_image
+
+    torch.set_num_threads(THREADS)
+    clf = efficientnet_lite("efficientnet_lite0")
+    images = [to_image(read_image(p)) for p in paths]
+    with torch.no_grad():
+        inputs = torch.cat([clf.inputs(images[i : i + 64]) for i in range(0, len(images), 64)])
+    time_bound(clf.model, inputs[:batch], batch, torch.device("cpu"))  # warm-up
+    return time_bound(clf.model, inputs, batch, torch.device("cpu"))
+
+
+def command_seconds(paths: list[Path], workers: str) -> tuple[float, dict[str, int], str]:
+    """Wall seconds of ``adaptanon anonymize PATHS --workers W``, its status counts, and
+    the command as typed."""
+    with tempfile.TemporaryDirectory(prefix="adaptanon-bench-") as folder:
+        out = Path(folder) / "out"
+        args = ["anonymize", *map(str, paths), "-o", str(out), "--workers", workers, "-q"]
+        env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
+        start = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", "adaptanon", *args], env=env, capture_output=True, text=True
+        )
+        seconds = time.perf_counter() - start
+        if proc.returncode not in (0, 1):
+            sys.exit(f"adaptanon failed:\n{proc.stderr}")
+        counts: dict[str, int] = {}
+        for line in (out / "manifest.jsonl").read_text().splitlines():
+            status = json.loads(line)["status"]
+            counts[status] = counts.get(status, 0) + 1
+    shown = f"OMP_NUM_THREADS={THREADS} adaptanon anonymize <{len(paths)} photos> -o OUT --workers {workers}"
+    return seconds, counts, shown
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--images", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--limit", type=int, default=150)
+    parser.add_argument("--workers", nargs="+", default=["0", "1"])
+    parser.add_argument("--no-docs", action="store_true")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT / "bench"))
+    paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))
+    paths = paths[: args.limit]
+    model = model_seconds(paths, 8)
+    rows = []
+    for workers in args.workers:
+        seconds, counts, shown = command_seconds(paths, workers)
+        row = {
+            "workers": workers,
+            "images": len(paths),
+            "command_s": seconds,
+            "model_s": model,
+            "ratio": model / seconds,
+            "statuses": counts,
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d')} on {platform.machine()}, {os.cpu_count()} CPU "
+        "cores shared with other jobs (figures move with their load), no GPU, by "
+        f"`.venv/bin/python bench/pipeline_cpu.py --limit {args.limit}`: the first "
+        f"{len(paths)} photos of the ImageNet sample, EfficientNet-Lite0, default options "
+        f"(saliency box, blur, PNG), {THREADS} torch threads. *Model*: two forward passes "
+        "and one forward/backward per image in batches of 8 on preprocessed inputs, in the "
+        "same run; *ratio* = model seconds / command seconds (model load included in the "
+        "command).",
+        "",
+        "| --workers | images | command s | model s | ratio | statuses |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['workers']} | {r['images']} | {r['command_s']:.1f} | {r['model_s']:.1f} | "
+            f"{r['ratio']:.2f}x | {r['statuses']} |"
+        )
+    section = "\n".join(lines)
+    print(section)
+    if not args.no_docs:
+        from docs_section import update_section
+
+        update_section("pipeline-cpu", "The pipelined engine on the CPU (issue 16)", section)
+
+
+if __name__ == "__main__":
+    main()
