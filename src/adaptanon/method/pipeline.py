@@ -116,6 +116,12 @@ def classify_originals(
     absolute loss gradients at the classifier's view (the same forward pass serves both),
     and the model inputs ``(B, ...)``."""
     inputs = classifier.inputs(images)
+    query_saliency = getattr(classifier, "query_saliency", None)
+    if saliency and query_saliency is not None:
+        # A classifier that can only be queried gives a gradient-free saliency.
+        with torch.no_grad():
+            logits = classifier.forward(inputs)
+        return logits, query_saliency(inputs, logits), inputs
     if not saliency:
         with torch.no_grad():
             return classifier.forward(inputs), None, inputs
@@ -240,6 +246,7 @@ def process_batch(
     for j, i in enumerate(todo):
         out, rec = outcomes[i], outcomes[i].record
         rec.steps = int(result.steps[j])
+        rec.queries = None if result.queries is None else int(result.queries[j])
         rec.anonymized_class = int(result.initial_logits[j].argmax())
         rec.anonymized_name = classifier.class_name(rec.anonymized_class)
         rec.anonymized_confidence = float(initial_probs[j, rec.anonymized_class])
@@ -266,7 +273,11 @@ def process_batch(
             rec.status, rec.error = Status.FAILED, problem
         elif not bool(result.success[j]) and not as_input:
             rec.status = Status.FAILED
-            rec.error = f"criterion {settings.criterion.describe()} not met after {rec.steps} steps"
+            reason = result.reasons[j] if result.reasons is not None else None
+            rec.error = (
+                reason
+                or f"criterion {settings.criterion.describe()} not met after {rec.steps} steps"
+            )
             if worst:
                 rec.error += f" under every loader variant (worst: {rec.worst_variant})"
         elif undone:
