@@ -205,3 +205,19 @@ def test_onnx_file_runs_in_onnxruntime(tmp_path) -> None:
     assert classifier.queries == 3 and classifier.model.calls == 1
     assert json.dumps(QuerySolver().describe())  # recorded in manifests
     assert got.shape == (3, 10)
+
+
+def test_evaluate_black_box_reports_concordance_and_queries(photos, tmp_path) -> None:
+    out = tmp_path / "eval"
+    args = ["evaluate", str(photos), "--out", str(out), "--model", "numpy_model:scores",
+            "--black-box", "--preprocess", PREPROCESS, "--filter", "mask,blur", "--regions",
+            REGIONS, "-q", "--examples", "0"]  # fmt: skip
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows = {r["filter"]: r for r in json.loads((out / "results.json").read_text())}
+    mask = rows["mask"]
+    assert mask["changed_after_anonymization"] >= 2
+    assert mask["concordance_pct"] == 100.0 and mask["concordance_vulnerable_pct"] == 100.0
+    assert mask["queries_median"] > 1 and mask["queries_mean_all"] >= 1
+    assert mask["corrected"] == mask["changed_after_anonymization"]
+    assert "Class concordance and queries" in (out / "results.md").read_text()
