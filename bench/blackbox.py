@@ -80,15 +80,13 @@ def summarize(name: str, records: list[dict], seconds: float, cmd: str, check: d
     """One table row: statuses, concordance on the written files, queries, PSNR."""
     n = len(records)
     written = [r for r in records if r.get("output")]
-    concordant = sum(
-        check["final"].get(r["input"]) == check["original"][r["input"]] for r in written
-    )
+
+    def kept(r: dict) -> bool:
+        return check["final"].get(r["input"]) == check["original"][Path(r["input"]).name]
+
+    concordant = sum(kept(r) for r in written)
     vulnerable = [r for r in records if r["anonymized_class"] not in (None, r["original_class"])]
-    vul_ok = [
-        r for r in vulnerable
-        if r["status"] == "corrected"
-        and check["final"].get(r["input"]) == check["original"][r["input"]]
-    ]  # fmt: skip
+    vul_ok = [r for r in vulnerable if r["status"] == "corrected" and kept(r)]
     corrected = [r for r in records if r["status"] == "corrected"]
     queries = [r["queries"] for r in corrected if r.get("queries") is not None]
     pairs = [(r["psnr_plain"], r["psnr_final"]) for r in records
@@ -126,7 +124,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     images = sorted(args.images.glob("*.JPEG"))[: args.limit]
-    inputs = [shown(p.resolve()) if p.resolve().is_relative_to(ROOT) else str(p) for p in images]
+    inputs = [str(args.images)] if args.limit is None else [str(p) for p in images]
     onnx = export_lite0(args.out / "efficientnet_lite0.onnx")
     spec = json.dumps(
         {
@@ -136,7 +134,7 @@ def main() -> None:
         }  # fmt: skip
     )
     black_box = ["--model", shown(onnx), "--black-box", "--preprocess", spec]
-    original = dict(zip(inputs, onnx_classes(onnx, images), strict=True))
+    original = dict(zip([p.name for p in images], onnx_classes(onnx, images), strict=True))
     rows = []
     for filt in FILTERS:
         runs: list[tuple[str, list[str]]] = [("gradient", [])]
@@ -149,6 +147,7 @@ def main() -> None:
             out = args.out / f"{filt}-{name.replace(' ', '').replace(',', '-')}"
             options = ["--filter", filt, "-q", "--no-resume", "--overwrite", *extra]
             records, seconds, cmd = run_anonymize(inputs, out, options, threads=1)
+            cmd = cmd.replace(spec, f"'{spec}'")
             if name == "gradient":
                 boxes.write_text(json.dumps({Path(r["input"]).name: r["regions"] for r in records}))
             files = [Path(r["output"]) for r in records if r.get("output")]
@@ -168,7 +167,11 @@ def main() -> None:
     table = render(rows, len(images), args)
     print(table)
     if args.docs or args.limit is None:
-        update_section("blackbox", "Black-box correction (--black-box): ONNX in onnxruntime", table)
+        name = "blackbox_occlusion" if args.occlusion else "blackbox"
+        heading = "Black-box correction (--black-box): ONNX in onnxruntime" + (
+            ", with the occlusion saliency" if args.occlusion else ""
+        )
+        update_section(name, heading, table)
 
 
 def _num(value: float | None, digits: int = 1) -> str:
