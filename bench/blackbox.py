@@ -188,7 +188,7 @@ def render(rows: list[dict], n: int, args: argparse.Namespace) -> str:
         f"torch {torch.__version__}, by `.venv/bin/python bench/blackbox.py{limit}{occl}` on "
         f"the first {n} images of {args.images.name}. EfficientNet-Lite0 exported to ONNX and "
         "run by onnxruntime as the black box (Lite0's own mean and std declared with "
-        "`--preprocess`); alpha 0.1, criterion `class`, PNG, default `--max-queries 2000`. "
+        "`--preprocess`); alpha 0.1, criterion `class`, PNG, default `--max-queries` (5000). "
         "Concordance: share of all images whose written file (also those under `_failed/`) "
         "has the original's class under an independent check (plain PIL loader + "
         "onnxruntime); vulnerable: class changed by the plain anonymization; corrected: "

@@ -6,7 +6,8 @@ The search moves only the region's pixels, in a low-dimensional space: a coarse 
 longer side), bilinearly upsampled to the box and masked. Each iteration estimates the
 gradient of the cross-entropy toward the original class with ``samples`` antithetic pairs
 of Gaussian directions in that space (NES: ``g = sum_k (L(x + s u_k) - L(x - s u_k)) z_k``),
-and moves by ``alpha * U(g) / max|U(g)|`` inside the mask. Every candidate is queried as
+normalised and averaged with the image's previous direction (``momentum``), and moves by
+``alpha * U(g) / max|U(g)|`` inside the mask. Every candidate is queried as
 stored (8-bit rounding for PNG, a real encode and decode for JPEG/WebP) and within the
 delta bound, so each query is also a check: an image is done as soon as its new point or
 one of the perturbed candidates meets the criterion. One call of the classifier per
@@ -66,20 +67,24 @@ class QuerySolver(Solver):
     ``max_queries`` the budget per image (the check of the plainly anonymized image
     included), ``samples`` antithetic pairs per estimate, ``sigma`` their scale in
     ``[0, 1]`` pixel units, ``grid`` cells along the region box's longer side, ``delta``
-    the L-inf bound, ``seed`` the directions' random seed."""
+    the L-inf bound, ``seed`` the directions' random seed, ``momentum`` the weight of the
+    previous direction in each new one (0: each estimate alone)."""
 
     alpha: float = 0.1
-    max_queries: int = 2000
+    max_queries: int = 5000
     samples: int = 10
     sigma: float = 0.03
     grid: int = 6
     delta: float | None = None
     seed: int = 0
+    momentum: float = 0.5
 
     def __post_init__(self) -> None:
         check_step_params(self.alpha, 0, self.delta)
         if self.max_queries < 1 or self.samples < 1 or self.grid < 1:
             raise ValueError("max_queries, samples and grid must be >= 1")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if not (math.isfinite(self.sigma) and self.sigma > 0):
             raise ValueError(f"sigma must be a positive finite number, got {self.sigma}")
 
@@ -113,6 +118,7 @@ class QuerySolver(Solver):
             "sigma": self.sigma,
             "grid": self.grid,
             "delta": self.delta,
+            "momentum": self.momentum,
         }
 
 
@@ -195,6 +201,7 @@ class _Search:
         boxes = [mask_box(m) for m in self.masks]
         active = [i for i in everyone if not ok[i] and boxes[i] is not None]
         fresh = dict.fromkeys(active, False)  # whether state[i] is still unchecked
+        memory: dict[int, Tensor] = {}  # each image's running direction (momentum)
         per = 2 * p.samples
         while active:
             for i in [i for i in active if int(queries[i]) + per + fresh[i] > p.max_queries]:
@@ -249,6 +256,11 @@ class _Search:
                 pair = loss[rows[fresh[i] :]].reshape(p.samples, 2)
                 weights = (pair[:, 0] - pair[:, 1]).to(directions[i].dtype)
                 estimate = (weights[:, None, None, None] * directions[i]).sum(0, keepdim=True)
+                if p.momentum > 0:
+                    estimate = estimate / estimate.norm().clamp(min=1e-12)
+                    if i in memory:
+                        estimate = p.momentum * memory[i] + (1 - p.momentum) * estimate
+                    memory[i] = estimate
                 box = boxes[i]
                 assert box is not None
                 grad = upsample(estimate.to(state[i].device), self.masks[i], box)[0]
