@@ -4,8 +4,9 @@
 The search moves only the region's pixels, in a low-dimensional space: a coarse grid of
 ``3 x gh x gw`` values over the bounding box of the image's mask (``grid`` cells along its
 longer side), bilinearly upsampled to the box and masked. Each iteration estimates the
-gradient of the cross-entropy toward the original class with ``samples`` antithetic pairs
-of Gaussian directions in that space (NES: ``g = sum_k (L(x + s u_k) - L(x - s u_k)) z_k``),
+gradient of a loss toward the original class with ``samples`` antithetic pairs
+of Gaussian directions in that space (NES: ``g = sum_k (L(x + s u_k) - L(x - s u_k)) z_k``,
+``L`` the best other logit minus the original class's, or the cross-entropy),
 normalised and averaged with the image's previous direction (``momentum``), and moves by
 ``alpha * U(g) / max|U(g)|`` inside the mask. Every candidate is queried as
 stored (8-bit rounding for PNG, a real encode and decode for JPEG/WebP) and within the
@@ -68,7 +69,9 @@ class QuerySolver(Solver):
     included), ``samples`` antithetic pairs per estimate, ``sigma`` their scale in
     ``[0, 1]`` pixel units, ``grid`` cells along the region box's longer side, ``delta``
     the L-inf bound, ``seed`` the directions' random seed, ``momentum`` the weight of the
-    previous direction in each new one (0: each estimate alone)."""
+    previous direction in each new one (0: each estimate alone), ``loss`` what the
+    estimates follow: ``margin`` (the best other logit minus the original class's) or
+    ``ce`` (the cross-entropy, as the gradient solver)."""
 
     alpha: float = 0.1
     max_queries: int = 5000
@@ -78,11 +81,14 @@ class QuerySolver(Solver):
     delta: float | None = None
     seed: int = 0
     momentum: float = 0.5
+    loss: str = "margin"
 
     def __post_init__(self) -> None:
         check_step_params(self.alpha, 0, self.delta)
         if self.max_queries < 1 or self.samples < 1 or self.grid < 1:
             raise ValueError("max_queries, samples and grid must be >= 1")
+        if self.loss not in ("margin", "ce"):
+            raise ValueError(f"loss must be 'margin' or 'ce', got {self.loss!r}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if not (math.isfinite(self.sigma) and self.sigma > 0):
@@ -119,6 +125,7 @@ class QuerySolver(Solver):
             "grid": self.grid,
             "delta": self.delta,
             "momentum": self.momentum,
+            "loss": self.loss,
         }
 
 
@@ -230,7 +237,11 @@ class _Search:
             logits, seen = self.query(owners, candidates)
             ok = self.passes(logits, owners)
             margin = logit_margin(logits, self.target[owners])
-            loss = F.cross_entropy(logits, self.target[owners], reduction="none")
+            loss = (
+                -margin
+                if p.loss == "margin"
+                else F.cross_entropy(logits, self.target[owners], reduction="none")
+            )
             still: list[int] = []
             at = 0
             for i in active:
