@@ -57,6 +57,8 @@ class ImageRecord:
     ``worst_variant_margin``/``worst_variant`` (``--robust`` only, else None): the
     smallest logit margin of the written pixels over the loader variants, each measured
     against the class that variant gives the original, and that variant's name.
+    ``queries`` (``--black-box`` only, else None): the classifier queries the correction
+    used, the check of the plainly anonymized file included.
     ``identity_distance`` (with the face identity check, else empty): per region, the
     face descriptor distance between the written face and the original (None for regions
     that are not faces). ``settings`` describes the run.
@@ -81,6 +83,7 @@ class ImageRecord:
     final_margin: float | None = None
     worst_variant_margin: float | None = None
     worst_variant: str | None = None
+    queries: int | None = None
     psnr_plain: float | None = None
     psnr_final: float | None = None
     strength_plain: list[dict[str, float | None]] = field(default_factory=list)

@@ -11,6 +11,13 @@ import torch
 from torch import nn
 
 from adaptanon.classifiers.base import Classifier, TorchClassifier
+from adaptanon.classifiers.blackbox import (
+    URL_PREFIXES,
+    QueryClassifier,
+    QueryModule,
+    load_query_classifier,
+    torch_scores,
+)
 from adaptanon.classifiers.efficientnet_lite import DEFAULT_MODEL, LITE_MODELS, efficientnet_lite
 from adaptanon.classifiers.formats import (
     EXPORT_SUFFIXES,
@@ -90,6 +97,7 @@ def load_classifier(
     class_names: Sequence[str] | str | Path | None = None,
     *,
     trust_model: bool = False,
+    black_box: bool = False,
 ) -> Classifier:
     """Resolve a classifier from a name, a model file or a ``module:function`` factory.
 
@@ -104,6 +112,11 @@ def load_classifier(
             a fixed input size, a crop of that size).
         class_names: names of the classes, or a file of them (one per line, or a JSON
             list); they replace the model's own. Their number must match its outputs.
+        black_box: a classifier that is only queried (no gradient;
+            :mod:`adaptanon.classifiers.blackbox`): an ONNX file runs in onnxruntime,
+            ``module:function`` is the batch score function itself, a built-in name or a
+            torch model file is queried through its forward pass. An ``http(s)://`` spec
+            is always one.
 
     Raises:
         ValueError: an unknown name, a missing or unreadable file, an ONNX conversion that
@@ -111,7 +124,10 @@ def load_classifier(
     """
     if isinstance(class_names, str | Path):
         class_names = read_class_names(class_names)
-    if not isinstance(spec, str):
+    classifier: Classifier
+    if isinstance(spec, str) and (black_box or spec.startswith(URL_PREFIXES)):
+        classifier = _query_only(spec, preprocess)
+    elif not isinstance(spec, str):
         classifier = spec
     elif spec in BUILTIN_LOADERS:
         classifier = BUILTIN_LOADERS[spec]()
@@ -138,6 +154,22 @@ def load_classifier(
     if class_names is not None:
         set_class_names(classifier, class_names)
     return classifier
+
+
+def _query_only(spec: str, preprocess: PreprocessFn | None) -> QueryClassifier:
+    """``spec`` as a query-only classifier; a torch model (built-in or file) is queried
+    through its forward pass, for measuring what the black-box search costs on it."""
+    path = Path(spec)
+    if spec in BUILTIN_LOADERS or path.suffix in EXPORT_SUFFIXES | TORCHSCRIPT_SUFFIXES:
+        torch_model = load_classifier(spec, preprocess)
+        assert isinstance(torch_model, TorchClassifier)
+        return QueryClassifier(
+            QueryModule(torch_scores(torch_model.model), spec),
+            torch_model.preprocess,
+            name=torch_model.name,
+            class_names=torch_model.class_names,
+        )
+    return load_query_classifier(spec, preprocess)
 
 
 def set_class_names(classifier: Classifier, names: Sequence[str]) -> None:

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from adaptanon.classifiers import Classifier
 from adaptanon.cli.options import (
+    black_box,
     build_settings,
     err,
     load_model,
@@ -113,6 +114,8 @@ def run_on_ray(
     options: dict[str, Any],
 ) -> Summary:
     """``--engine ray``: the run on a Ray pool of actors (a usage error without Ray)."""
+    if black_box(kw):
+        raise click.UsageError("--engine ray does not run --black-box models yet")
     try:
         from adaptanon.engines import ray as ray_engine
     except ImportError as exc:

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from adaptanon.classifiers import DEFAULT_MODEL, Classifier, UntrustedModel, load_classifier
+from adaptanon.classifiers.blackbox import URL_PREFIXES
 from adaptanon.classifiers.registry import BUILTIN_MODELS
 from adaptanon.engines import resolve_device
 from adaptanon.engines.verify import FileCheck
@@ -28,12 +29,14 @@ from adaptanon.method import (
     Filter,
     GradientSolver,
     Settings,
+    Solver,
     StrengthLimits,
     parse_criterion,
     parse_filter,
 )
 from adaptanon.method.identity import DEFAULT_MIN_DISTANCE, INSTALL_HINT, IdentityLimit
 from adaptanon.method.identity import available as identity_available
+from adaptanon.method.solvers.query import QuerySolver
 from adaptanon.preprocessing import SpecPreprocess, parse_preprocess
 from adaptanon.regions import DetectorOptions, RegionSource, parse_region_source
 from adaptanon.regions.detectors import DEFAULT_BOX_SCALE, DEFAULT_FACE_THRESHOLD
@@ -107,8 +110,9 @@ def method_options(func: Callable[..., Any]) -> Callable[..., Any]:
             default=DEFAULT_MODEL,
             show_default=True,
             help="Built-in name (see `adaptanon models`), ONNX file, .pt2 or TorchScript file "
-            "(needs --trust-model), or module:function (your own code). Built-in models and "
-            "ONNX files load as data.",
+            "(needs --trust-model), module:function (your own code), or an http(s):// "
+            "endpoint (queried only, see --black-box). Built-in models and ONNX files load "
+            "as data.",
         ),
         click.option(
             "--trust-model",
@@ -241,6 +245,22 @@ def method_options(func: Callable[..., Any]) -> Callable[..., Any]:
             default=100,
             show_default=True,
             help="Most correction steps per image.",
+        ),
+        click.option(
+            "--black-box",
+            is_flag=True,
+            help="The model can only be queried (no gradient): an ONNX file runs in "
+            "onnxruntime, module:function is a batch score function, a built-in or torch "
+            "file is queried through its forward pass; an http(s):// --model always is. "
+            "The correction then searches with estimated gradients (see README, 'Models "
+            "you can only query').",
+        ),
+        click.option(
+            "--max-queries",
+            type=click.IntRange(min=1),
+            default=QuerySolver().max_queries,
+            show_default=True,
+            help="With --black-box: most classifier queries per image for its correction.",
         ),
         click.option(
             "--criterion",
@@ -394,10 +414,15 @@ def build_settings(
         criterion = parse_criterion(kw["criterion"])
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--criterion") from exc
+    step = kw["alpha"] if alpha is None else alpha
+    solver: Solver
     try:
-        solver = GradientSolver(
-            kw["alpha"] if alpha is None else alpha, kw["max_steps"], kw["delta"]
-        )
+        if black_box(kw):
+            if kw.get("robust"):
+                raise click.UsageError("--robust needs gradients: it cannot run with --black-box")
+            solver = QuerySolver(step, kw["max_queries"], delta=kw["delta"])
+        else:
+            solver = GradientSolver(step, kw["max_steps"], kw["delta"])
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--alpha") from exc
     return Settings(
@@ -416,6 +441,13 @@ def identity_limit(kw: dict[str, Any]) -> IdentityLimit | None:
     """The face identity check ``--min-identity-distance`` asks for (None: off)."""
     value = kw.get("min_identity_distance")
     return None if value is None else IdentityLimit(float(value))
+
+
+def black_box(kw: dict[str, Any]) -> bool:
+    """Whether the run queries the model only: ``--black-box``, or an endpoint URL."""
+    return bool(kw.get("black_box")) or any(
+        m.strip().startswith(URL_PREFIXES) for m in str(kw.get("model", "")).split(",")
+    )
 
 
 def device_option(name: str) -> torch.device:
@@ -482,9 +514,15 @@ def load_model(spec: str, device: str, class_names: str | None = None) -> Classi
     if "" not in sys.path and ":" in spec:
         sys.path.insert(0, "")  # a factory module in the current folder, as `python -m` finds it
     preprocess = preprocess_option(spec)
+    ctx = click.get_current_context(silent=True)
+    query_only = black_box(ctx.params) if ctx is not None else False
     try:
         classifier = load_classifier(
-            spec, class_names=class_names, preprocess=preprocess, trust_model=trust_option()
+            spec,
+            class_names=class_names,
+            preprocess=preprocess,
+            trust_model=trust_option(),
+            black_box=query_only,
         ).to(target)
     except UntrustedModel as exc:
         raise click.BadParameter(str(exc), param_hint="--model") from exc

@@ -220,6 +220,30 @@ def readability_summary(rows: Sequence[ImageRow]) -> dict[str, Any]:
     }
 
 
+def query_summary(rows: Sequence[ImageRow]) -> dict[str, Any]:
+    """The CEC 2024 measures, for every run (queries only for a query-only model).
+
+    ``concordance_pct``: the share of evaluated images whose final (stored) pixels have
+    the original's class, failed ones included; ``concordance_vulnerable_pct``: the same
+    over the images whose class the plain anonymization changed; ``queries_{mean,median}``
+    over corrected images and ``queries_mean_all`` over all images that record queries
+    (None when none do: a gradient run).
+    """
+    vulnerable = [r for r in rows if r.anonymized_class != r.original_class]
+    kept = [r for r in rows if r.final_class == r.original_class]
+    corrected = [r.queries for r in rows if r.status == Status.CORRECTED and r.queries is not None]
+    every = [r.queries for r in rows if r.queries is not None]
+    return {
+        "concordance_pct": percent(len(kept), len(rows)),
+        "concordance_vulnerable_pct": percent(
+            sum(1 for r in vulnerable if r.final_class == r.original_class), len(vulnerable)
+        ),
+        "queries_mean": statistics.mean(corrected) if corrected else None,
+        "queries_median": statistics.median(corrected) if corrected else None,
+        "queries_mean_all": statistics.mean(every) if every else None,
+    }
+
+
 def summarize(
     config: Config,
     rows: Sequence[ImageRow],
@@ -237,7 +261,8 @@ def summarize(
     region label :func:`regions_summary`, face re-detection and the correction's size
     :func:`privacy_summary`, plate readability :func:`readability_summary`, identification
     of the anonymized faces among the originals (and ``gallery``)
-    :func:`~adaptanon.evaluate.identity.identity_summary`.
+    :func:`~adaptanon.evaluate.identity.identity_summary`, class concordance and queries
+    :func:`query_summary`.
     """
     labels = labels or {}
     valid = valid_rows(rows)
@@ -280,6 +305,7 @@ def summarize(
         **privacy_summary(valid),
         **readability_summary(valid),
         **identity_summary(valid, gallery),
+        **query_summary(valid),
         "seconds_per_image": seconds,
         "images_per_second": rate,
         "key": config.key,

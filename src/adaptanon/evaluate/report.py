@@ -106,6 +106,11 @@ CSV_COLUMNS = (
         for kind in ("plain", "corrected", "plain_attacked", "corrected_attacked")
     ),
     "identity_attack",
+    "concordance_pct",
+    "concordance_vulnerable_pct",
+    "queries_mean",
+    "queries_median",
+    "queries_mean_all",
     "seconds_per_image",
     "images_per_second",
     "regions",
@@ -442,6 +447,40 @@ IDENTITY_NOTE = (
     "1 / gallery size."
 )
 
+
+def concordance_table(rows: Sequence[Row]) -> Table:
+    """Class concordance (CEC 2024's measure), queries and time, a line per configuration,
+    with plain vs corrected region PSNR and SSIM beside them."""
+    cols: list[Column] = [
+        ("configuration", _config),
+        ("concordance, all images", lambda r: fmt_pct(r.get("concordance_pct"), 2)),
+        ("concordance, vulnerable", lambda r: fmt_pct(r.get("concordance_vulnerable_pct"), 2)),
+        (
+            "queries per corrected image (mean / median)",
+            lambda r: (
+                f"{fmt_num(r.get('queries_mean'), 0)} / {fmt_num(r.get('queries_median'), 0)}"
+            ),
+        ),
+        ("queries per image (mean)", lambda r: fmt_num(r.get("queries_mean_all"), 1)),
+        ("s / image", lambda r: fmt_num(r.get("seconds_per_image"), 3)),
+        ("region PSNR mean (dB, plain / corrected)", lambda r: _pair(r, "psnr", "mean", 2)),
+        ("region SSIM mean (plain / corrected)", lambda r: _pair(r, "ssim", "mean", 3)),
+    ]
+    return Table(
+        "Class concordance and queries",
+        [h for h, _ in cols],
+        [[f(r) for _, f in cols] for r in rows],
+    )
+
+
+CONCORDANCE_NOTE = (
+    "Concordance (Shvai et al., CEC 2024): the share of images whose stored file has the "
+    "original's class, failed images included; vulnerable: those whose class the plain "
+    "anonymization changed. Queries (--black-box runs): classifier queries of the "
+    "correction, the check of the plainly anonymized file included."
+)
+
+
 PRIVACY_NOTE = (
     "Region PSNR and SSIM: each region against the original (lower is more anonymized). "
     "Faces found again: of the faces the face detector found in the originals, the share "
@@ -515,6 +554,8 @@ def markdown_report(rows: Sequence[Row]) -> str:
     ident = identity_table(rows)
     if ident is not None:
         parts += ["## Face identity", "", ident.markdown(), "", IDENTITY_NOTE, ""]
+    parts += ["## Class concordance and queries (like CEC 2024)", ""]
+    parts += [concordance_table(rows).markdown(), "", CONCORDANCE_NOTE, ""]
     return "\n".join(parts)
 
 
@@ -723,6 +764,9 @@ def html_report(rows: Sequence[Row], examples: Sequence[tuple[str, Sequence[Exam
         parts.append("<h2>Face identity</h2>")
         parts.append(ident.html())
         parts.append(f'<p class="note">{html.escape(IDENTITY_NOTE)}</p>')
+    parts.append("<h2>Class concordance and queries (like CEC 2024)</h2>")
+    parts.append(concordance_table(rows).html())
+    parts.append(f'<p class="note">{html.escape(CONCORDANCE_NOTE)}</p>')
     parts.append("<h2>Examples (like Figure 3)</h2>")
     if examples:
         for title, exs in examples:

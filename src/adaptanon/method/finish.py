@@ -54,6 +54,8 @@ class FinishJob:
         checked: ``(H, W, 3)`` uint8, the pixels the classifier last checked (what the file
             must decode to); None when equal to ``pixels``.
         success: the criterion held on ``checked``.
+        failure: why the solver stopped short (e.g. a spent query budget), when the
+            criterion's own message would not say it.
         identity_weak: why a face is still recognizable (the face identity check,
             computed with the model on the device side); None when it passed or was off.
     """
@@ -68,6 +70,7 @@ class FinishJob:
     pixels: np.ndarray
     checked: np.ndarray | None
     success: bool
+    failure: str | None = None
     identity_weak: str | None = None
 
 
@@ -99,7 +102,7 @@ def finish_image(job: FinishJob, rules: FinishRules) -> tuple[ImageRecord, bytes
         rec.status, rec.error = Status.FAILED, problem
     elif not job.success and not as_input:
         rec.status = Status.FAILED
-        rec.error = f"criterion {rules.criterion} not met after {rec.steps} steps"
+        rec.error = job.failure or f"criterion {rules.criterion} not met after {rec.steps} steps"
         if rec.worst_variant is not None:
             rec.error += f" under every loader variant (worst: {rec.worst_variant})"
     elif undone:

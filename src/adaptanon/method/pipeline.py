@@ -134,6 +134,12 @@ def classify_originals(
     absolute loss gradients at the classifier's view (the same forward pass serves both),
     and the model inputs ``(B, ...)``."""
     inputs = classifier.inputs(images)
+    query_saliency = getattr(classifier, "query_saliency", None)
+    if saliency and query_saliency is not None:
+        # A classifier that can only be queried gives a gradient-free saliency.
+        with torch.no_grad():
+            logits = classifier.forward(inputs)
+        return logits, query_saliency(inputs, logits), inputs
     if not saliency:
         with torch.no_grad():
             return classifier.forward(inputs), None, inputs
@@ -387,11 +393,13 @@ def compute_batch(
         bases=aims.bases,
     )
     fields = _record_fields(result, original[todo], aims)
+    query_counts = None if result.queries is None else [int(q) for q in result.queries.tolist()]
     changed = mask_boxes(masks)
     for j, i in enumerate(todo):
         out, rec = computed[i], computed[i].record
         steps, success, a_cls, a_conf, f_cls, f_conf, margin, worst, which = fields[j]
         rec.steps = int(steps)
+        rec.queries = None if query_counts is None else query_counts[j]
         rec.anonymized_class = int(a_cls)
         rec.anonymized_name = classifier.class_name(rec.anonymized_class)
         rec.anonymized_confidence = a_conf
@@ -428,6 +436,7 @@ def compute_batch(
             pixels=pixels,
             checked=checked,
             success=bool(success),
+            failure=None if result.reasons is None else result.reasons[j],
             identity_weak=identity_weak,
         )
         if keep_images:

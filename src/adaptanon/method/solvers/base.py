@@ -28,6 +28,9 @@ class SolverResult:
         steps: ``(B,)`` number of gradient steps taken (0: the anonymized image passed).
         initial_logits: ``(B, N)`` logits of the anonymized image as stored (step 0).
         logits: ``(B, N)`` logits of ``stored``.
+        queries: ``(B,)`` classifier queries each image used, for solvers that count them.
+        reasons: per image, why it failed when the criterion's own message would not say
+            (e.g. a spent query budget), else None.
     """
 
     images: list[Tensor]
@@ -37,6 +40,8 @@ class SolverResult:
     steps: Tensor
     initial_logits: Tensor
     logits: Tensor
+    queries: Tensor | None = None
+    reasons: list[str | None] | None = None
 
 
 class Solver(ABC):
