@@ -137,6 +137,17 @@ def gradient_context(classifier: Classifier) -> AbstractContextManager[None]:
 
 
 @runtime_checkable
+class QueryClassifier(Classifier, Protocol):
+    """A :class:`Classifier` that can only be queried (``--black-box``): no gradient flows
+    through :meth:`~Classifier.forward`, so it gives its own gradient-free saliency."""
+
+    def query_saliency(self, inputs: Tensor, logits: Tensor) -> list[Tensor]:
+        """Per-image ``(h, w)`` saliency maps of ``(B, C, h, w)`` model inputs whose
+        ``(B, N)`` logits are given."""
+        ...
+
+
+@runtime_checkable
 class VariantClassifier(Classifier, Protocol):
     """A :class:`Classifier` seen through ``V`` loaders at once (``--robust``): the solver
     accepts an image only when the criterion holds under each of them."""

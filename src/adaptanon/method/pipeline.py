@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from adaptanon.classifiers import Classifier
-from adaptanon.classifiers.base import gradient_context
+from adaptanon.classifiers.base import QueryClassifier, gradient_context
 from adaptanon.classifiers.robust import robust as robust_classifier
 from adaptanon.io.codecs import Codec, to_pixels
 from adaptanon.method.criteria import Criterion, SameClass, logit_margin
@@ -134,12 +134,10 @@ def classify_originals(
     absolute loss gradients at the classifier's view (the same forward pass serves both),
     and the model inputs ``(B, ...)``."""
     inputs = classifier.inputs(images)
-    query_saliency = getattr(classifier, "query_saliency", None)
-    if saliency and query_saliency is not None:
-        # A classifier that can only be queried gives a gradient-free saliency.
+    if saliency and isinstance(classifier, QueryClassifier):
         with torch.no_grad():
             logits = classifier.forward(inputs)
-        return logits, query_saliency(inputs, logits), inputs
+        return logits, classifier.query_saliency(inputs, logits), inputs
     if not saliency:
         with torch.no_grad():
             return classifier.forward(inputs), None, inputs
