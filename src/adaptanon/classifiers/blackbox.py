@@ -24,7 +24,6 @@ into the images' status ``error``).
 from __future__ import annotations
 
 import base64
-import importlib
 import json
 import time
 import urllib.error
@@ -43,6 +42,7 @@ from torch import Tensor, nn
 from adaptanon.classifiers.base import TorchClassifier
 from adaptanon.classifiers.formats import ONNX_SUFFIXES, PreprocessFn, _onnx_layout, fit_preprocess
 from adaptanon.preprocessing import Preprocess
+from adaptanon.user_code import import_function
 
 ScoreFn = Callable[[np.ndarray], Any]
 """``(B, C, H, W)`` float32 model inputs -> ``(B, N)`` scores (array-like)."""
@@ -290,15 +290,7 @@ class HttpScores:
 
 
 def _function(spec: str) -> ScoreFn:
-    module_name, _, attr = spec.partition(":")
-    importlib.invalidate_caches()
-    try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot load score function {spec!r}: {exc}") from exc
-    if not callable(fn):
-        raise ValueError(f"score function {spec!r} is not callable")
-    return fn
+    return import_function(spec, "score function")
 
 
 def load_query_classifier(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -29,6 +28,7 @@ from adaptanon.classifiers.formats import (
 )
 from adaptanon.classifiers.mobilenet_v2 import mobilenet_v2
 from adaptanon.preprocessing import Preprocess
+from adaptanon.user_code import import_function
 
 BUILTIN_MODELS: dict[str, str] = {
     name: f"EfficientNet-Lite{name[-1]}, ImageNet-1k, input {crop}x{crop} (resize {resize})"
@@ -75,15 +75,7 @@ def load_factory(spec: str, preprocess: PreprocessFn | None = None) -> Classifie
     Importing the module and calling the factory run its code: use only factories from a
     trusted source.
     """
-    module_name, _, attr = spec.partition(":")
-    importlib.invalidate_caches()  # a module file created since the last import is found
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot load model factory {spec!r}: {exc}") from exc
-    if not callable(factory):
-        raise ValueError(f"model factory {spec!r} is not callable")
-    made = factory()
+    made = import_function(spec, "model factory")()
     if isinstance(made, nn.Module):
         return TorchClassifier(made, preprocess or Preprocess(), name=spec)
     if isinstance(made, Classifier):

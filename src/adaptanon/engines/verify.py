@@ -9,7 +9,6 @@ it is written under ``OUT/_failed/``, with the reason in the manifest's ``error`
 
 from __future__ import annotations
 
-import importlib
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,28 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from adaptanon.records import ImageRecord, Status
+from adaptanon.user_code import import_function
 
 Verify = Callable[[ImageRecord, bytes, str], None]
 """What :func:`adaptanon.engines.run` calls on each image it is about to write as done:
 ``(record, encoded bytes, extension)``; it may set the record's status to failed."""
-
-
-def import_function(spec: str) -> Callable[..., Any]:
-    """``package.module:function`` -> the function.
-
-    Raises:
-        ValueError: not of that form, not importable, or not callable.
-    """
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError(f"{spec!r}: expected package.module:function")
-    try:
-        function = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"cannot load {spec!r}: {exc}") from exc
-    if not callable(function):
-        raise ValueError(f"{spec!r} is not callable")
-    return function
 
 
 @dataclass
@@ -59,7 +41,7 @@ class FileCheck:
     @classmethod
     def load(cls, spec: str) -> FileCheck:
         """The check named by ``package.module:function``."""
-        return cls(import_function(spec), spec)
+        return cls(import_function(spec, "check"), spec)
 
     def classify(self, data: bytes, extension: str) -> int:
         """The function's class for a file holding ``data``.
