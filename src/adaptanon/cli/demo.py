@@ -88,7 +88,7 @@ def run_demo(out: Path, device: str = "auto") -> int:
     )
     summary = anonymize_paths([str(inputs)], results, demo_options(device, regions))
     table = Table(title="per image (class names of the default model)")
-    columns = ("image", "anonymized", "original", "after plain blur", "stored file", "status")
+    columns = ("image", "anonymized", "original", "plainly anonymized", "stored file", "status")
     for col in (*columns, "steps"):
         table.add_column(col)
     for rec in read_manifest(results / "manifest.jsonl"):
@@ -120,6 +120,6 @@ def run_demo(out: Path, device: str = "auto") -> int:
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 def demo(out: Path, device: str) -> None:
-    """Anonymize photographs shipped with scikit-image (faces and a saliency box, blur,
-    correction)."""
+    """Anonymize photographs shipped with scikit-image (faces with the face mosaic, a saliency
+    box with the blur, then the correction)."""
     sys.exit(run_demo(out, device))
