@@ -28,16 +28,16 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def default_batch_size(device: torch.device) -> int:
-    """Images per pass: 8 on CPU (measured fastest there: bench/throughput.py), 64 on CUDA."""
+    """Images per pass: 8 on CPU (the fastest there, ``bench/throughput.py``), 64 on CUDA."""
     return 64 if device.type == "cuda" else 8
 
 
 DEFAULT_BATCH_PIXELS = 24_000_000
 """Most input pixels in one batch (``--batch-pixels 24``, in megapixels), besides the image
-count: one 24-megapixel photo, or two 12-megapixel ones. Processing takes about 110-125
-bytes per input pixel on top of the model (``bench/batch_memory.py``), so a batch stays
-near 3 GB; an image larger than this goes through alone. ImageNet-sized images (0.2
-megapixels) are limited by the image count alone."""
+count: one 24-megapixel photo, or two 12-megapixel ones, so that memory stays bounded
+(README "Long runs" gives the measured cost per pixel, ``bench/batch_memory.py``); an
+image larger than this goes through alone. ImageNet-sized images are limited by the
+image count alone."""
 
 
 def out_of_memory(exc: BaseException) -> bool:

@@ -80,11 +80,10 @@ def _fast_png_decode(data: bytes) -> np.ndarray | None:
 class Codec:
     """An output format: ``png`` (lossless), ``jpg`` (or ``jpeg``) or ``webp`` with ``quality``.
 
-    ``png_compression`` is zlib's level (0-9) for Pillow's PNG encoder. The default 1, as
-    in OpenCV, encodes about 4x faster than Pillow's default 6 for files about 10% larger.
-    With ``adaptanon[fast]`` installed, PNG files are written by fpng instead (an order
-    of magnitude faster, files a few percent larger, ``png_compression`` unused) and read
-    back by libspng (``bench/codecs.py``); the pixels are the same either way.
+    ``png_compression`` is zlib's level (0-9) for Pillow's PNG encoder; the default 1, as
+    in OpenCV, trades a little file size for speed. With ``adaptanon[fast]`` installed,
+    PNG files are written by fpng instead (``png_compression`` unused) and read back by
+    libspng; the pixels are the same either way (speeds: ``bench/codecs.py``).
     """
 
     format: str = "png"
