@@ -216,9 +216,13 @@ def _columns(rows: Sequence[Row], first: list[Column]) -> list[Column]:
     return cols
 
 
-def _table(title: str, rows: Sequence[Row], first: list[Column]) -> Table:
-    cols = _columns(rows, first)
+def column_table(title: str, cols: Sequence[Column], rows: Sequence[Row]) -> Table:
+    """A table with a line per row and a column per ``(header, format)`` pair."""
     return Table(title, [h for h, _ in cols], [[f(r) for _, f in cols] for r in rows])
+
+
+def _table(title: str, rows: Sequence[Row], first: list[Column]) -> Table:
+    return column_table(title, _columns(rows, first), rows)
 
 
 def _unique(values: Sequence[Any]) -> list[Any]:
@@ -281,11 +285,7 @@ def strength_table(rows: Sequence[Row]) -> Table:
             ),
         ),
     ]
-    return Table(
-        "Anonymization strength per region (privacy floor)",
-        [h for h, _ in cols],
-        [[f(r) for _, f in cols] for r in rows],
-    )
+    return column_table("Anonymization strength per region (privacy floor)", cols, rows)
 
 
 def _config(r: Row) -> str:
@@ -368,9 +368,7 @@ def privacy_table(rows: Sequence[Row]) -> Table:
             ),
         ),
     ]
-    return Table(
-        "Privacy: plain vs corrected", [h for h, _ in cols], [[f(r) for _, f in cols] for r in rows]
-    )
+    return column_table("Privacy: plain vs corrected", cols, rows)
 
 
 def readability_table(rows: Sequence[Row]) -> Table | None:
@@ -431,11 +429,7 @@ def identity_table(rows: Sequence[Row]) -> Table | None:
         ),
         ("attack", lambda r: str(r.get("identity_attack") or "–")),
     ]
-    return Table(
-        "Face identity: recognized among the originals",
-        [h for h, _ in cols],
-        [[f(r) for _, f in cols] for r in measured],
-    )
+    return column_table("Face identity: recognized among the originals", cols, measured)
 
 
 IDENTITY_NOTE = (
@@ -466,11 +460,7 @@ def concordance_table(rows: Sequence[Row]) -> Table:
         ("region PSNR mean (dB, plain / corrected)", lambda r: _pair(r, "psnr", "mean", 2)),
         ("region SSIM mean (plain / corrected)", lambda r: _pair(r, "ssim", "mean", 3)),
     ]
-    return Table(
-        "Class concordance and queries",
-        [h for h, _ in cols],
-        [[f(r) for _, f in cols] for r in rows],
-    )
+    return column_table("Class concordance and queries", cols, rows)
 
 
 CONCORDANCE_NOTE = (
