@@ -11,7 +11,8 @@ from torch import nn
 from adaptanon.classifiers import TorchClassifier, load_classifier
 from adaptanon.io.codecs import Codec, to_image, to_pixels
 from adaptanon.method.filters import Mask
-from adaptanon.method.pipeline import Settings, encode_verified, process_batch
+from adaptanon.method.finish import encode_checked
+from adaptanon.method.pipeline import Settings, process_batch
 from adaptanon.method.solvers import GradientSolver
 from adaptanon.preprocessing import Preprocess
 from adaptanon.records import Status
@@ -114,13 +115,13 @@ def test_saliency_without_view_geometry_is_a_per_image_error(synth_batch):
     assert all("saliency" in o.record.error for o in outs)
 
 
-def test_encode_verified_detects_a_mismatch():
+def test_encode_checked_detects_a_mismatch():
     img = torch.rand(3, 10, 10, generator=torch.Generator().manual_seed(0))
     codec = Codec("png")
-    data, problem = encode_verified(codec, img, codec.roundtrip(img))
+    data, problem = encode_checked(codec, to_pixels(img), to_pixels(codec.roundtrip(img)))
     assert problem is None and np.array_equal(codec.decode(data), to_pixels(img))
     other = (img + 3 / 255).clamp(0, 1)
-    _, problem = encode_verified(codec, img, other)
+    _, problem = encode_checked(codec, to_pixels(img), to_pixels(other))
     assert problem and "does not decode" in problem
 
 

@@ -27,7 +27,7 @@ from adaptanon.classifiers.robust import robust as robust_classifier
 from adaptanon.io.codecs import Codec, to_pixels
 from adaptanon.method.criteria import Criterion, SameClass, logit_margin
 from adaptanon.method.filters import ByLabel, Filter, anonymize
-from adaptanon.method.finish import FinishJob, FinishRules, encode_checked, finish_image
+from adaptanon.method.finish import FinishJob, FinishRules, finish_image
 from adaptanon.method.identity import IdentityLimit
 from adaptanon.method.metrics import StrengthLimits
 from adaptanon.method.solvers import GradientSolver, Solver, SolverResult
@@ -480,9 +480,3 @@ def finish_computed(computed: Computed, rules: FinishRules) -> Outcome:
         return Outcome(computed.record, None, computed.images)
     record, data = finish_image(computed.job, rules)
     return Outcome(record, data, computed.images)
-
-
-def encode_verified(codec: Codec, image: Tensor, checked: Tensor) -> tuple[bytes, str | None]:
-    """Encode ``image`` and confirm the file decodes to ``checked``, the pixels the
-    classifier saw. Returns the bytes and a problem description (None when it matches)."""
-    return encode_checked(codec, to_pixels(image), to_pixels(checked))
