@@ -231,38 +231,57 @@ def _descend(
     initial_logits: Tensor | None = None
     final_logits: Tensor | None = None
     active = list(range(n))
+
+    def look(rows: list[int], grad: bool) -> _Look:
+        """The classifier's view of images ``rows`` as stored, and its forward pass (with
+        the graph back to the pixels when ``grad``)."""
+        with torch.set_grad_enabled(grad):
+            padded: Tensor | None = None
+            leaf: Tensor | None = None
+            leaves: list[Tensor] = []
+            if slots is not None:
+                leaf, padded = slots.leaves(rows, codec)
+                seen = slots.views(padded, rows)
+            else:
+                leaves = [state[i].requires_grad_(grad) for i in rows]
+                seen = [codec.roundtrip(x) for x in leaves]
+            use = boxes is not None and bases is not None
+            part_bases = [bases[i] for i in rows] if use and bases is not None else None
+            part_boxes = [boxes[i] for i in rows] if use and boxes is not None else None
+            # The view batch is cut from the preprocessing's graph: the model runs forward
+            # and backward on one fixed-shape tensor, then its gradient goes back to the
+            # pixels.
+            every: Tensor | None = None
+            if robust:
+                variants = cast(VariantClassifier, classifier)
+                inputs = variants.variant_inputs(seen, part_bases, part_boxes)
+                view = inputs.detach().requires_grad_(grad)
+                every = variants.variant_forward(view)
+                logits = every[:, 0]
+            else:
+                if windows is not None:
+                    inputs = cast(WindowedClassifier, classifier).inputs(
+                        seen, part_bases, part_boxes, [frames[i] for i in rows], padded
+                    )
+                else:
+                    inputs = classifier.inputs(seen, part_bases, part_boxes)
+                view = inputs.detach().requires_grad_(grad)
+                logits = classifier.forward(view)
+        return _Look(seen, leaf, leaves, inputs, view, logits, every)
+
     for step in range(max_steps + 1):
-        padded: Tensor | None = None
-        if slots is not None:
-            leaf, padded = slots.leaves(active, codec)
-            seen = slots.views(padded, active)
-        else:
-            leaves = [state[i].requires_grad_(True) for i in active]
-            seen = [codec.roundtrip(x) for x in leaves]
-        part_bases = [bases[i] for i in active] if boxes is not None and bases is not None else None
-        part_boxes = [boxes[i] for i in active] if boxes is not None and bases is not None else None
-        # The view batch is cut from the preprocessing's graph: the model runs forward and
-        # backward on one fixed-shape tensor, then its gradient goes back to the pixels.
+        # The first pass is only a check (most plainly anonymized images pass): no graph;
+        # the images that fail get a pass with one, so the backward runs on them alone.
+        now = look(active, grad=step > 0)
+        seen, logits, every = now.seen, now.logits, now.every
         if robust:
-            variants = cast(VariantClassifier, classifier)
-            inputs = variants.variant_inputs(seen, part_bases, part_boxes)
-            view = inputs.detach().requires_grad_(True)
-            every = variants.variant_forward(view)
-            logits = every[:, 0]
+            assert every is not None
             ref = torch.softmax(every.detach(), 2) if reference is None else reference[active]
             passed = robust_ok(criterion, every.detach(), target[active], ref)
             if variant_logits is None:
                 variant_logits = every.detach().new_zeros(n, *every.shape[1:])
             variant_logits[active] = every.detach()
         else:
-            if windows is not None:
-                inputs = cast(WindowedClassifier, classifier).inputs(
-                    seen, part_bases, part_boxes, [frames[i] for i in active], padded
-                )
-            else:
-                inputs = classifier.inputs(seen, part_bases, part_boxes)
-            view = inputs.detach().requires_grad_(True)
-            logits = classifier.forward(view)
             ref = torch.softmax(logits.detach(), 1) if reference is None else reference[active]
             passed = criterion(logits.detach(), target[active], ref)
         ok = passed.cpu()  # the step's one transfer of pass/fail flags
@@ -281,19 +300,24 @@ def _descend(
         todo = [j for j in range(len(active)) if not ok[j]]
         if step == max_steps or not todo:
             break
+        if not now.view.requires_grad:
+            active = [active[j] for j in todo]
+            now = look(active, grad=True)
+            todo = list(range(len(active)))
         if robust:
-            loss = _robust_loss(every[todo], target[active][todo])
+            assert now.every is not None
+            loss = _robust_loss(now.every[todo], target[active][todo])
         else:
-            loss = F.cross_entropy(logits[todo], target[active][todo], reduction="sum")
+            loss = F.cross_entropy(now.logits[todo], target[active][todo], reduction="sum")
         # Gradients through the model: TF32 allowed, cuDNN tuned for its fixed shapes; the
         # forward passes that decide ran in the classifier's own precision (full fp32).
         with gradient_context(classifier):
-            (view_grad,) = torch.autograd.grad(loss, [view])
+            (view_grad,) = torch.autograd.grad(loss, [now.view])
         # A region the classifier's view does not reach has no gradient (None): it stops.
         if slots is not None:
             (grad,) = (
-                torch.autograd.grad([inputs], [leaf], [view_grad], allow_unused=True)
-                if inputs.requires_grad
+                torch.autograd.grad([now.inputs], [now.leaf], [view_grad], allow_unused=True)
+                if now.inputs.requires_grad and now.leaf is not None
                 else (None,)
             )
             todo_rows = [active[j] for j in todo]
@@ -301,7 +325,7 @@ def _descend(
                 active = [] if grad is None else slots.step(todo_rows, grad[todo], alpha, delta)
         else:
             active = _step_each(
-                active, todo, leaves, inputs, view_grad, state, start, masks, alpha, delta
+                active, todo, now.leaves, now.inputs, view_grad, state, start, masks, alpha, delta
             )
         if not active:
             break
@@ -332,6 +356,22 @@ def _descend(
         initial_logits=initial_logits,
         logits=final_logits,
     )
+
+
+@dataclass
+class _Look:
+    """One forward pass of :func:`_descend`: the images as stored (``seen``), the pixels'
+    leaf (slots) or leaves (image by image), the model ``inputs`` and its detached
+    ``view``, the declared loader's ``logits`` ``(B, N)`` and, robust, every variant's
+    ``(B, V, N)``."""
+
+    seen: list[Tensor]
+    leaf: Tensor | None
+    leaves: list[Tensor]
+    inputs: Tensor
+    view: Tensor
+    logits: Tensor
+    every: Tensor | None
 
 
 def _step_each(
