@@ -189,6 +189,40 @@ def test_delta_bound_and_untouched_pixels(demo_photo) -> None:
     assert classifier.queries >= out.record.queries
 
 
+def test_an_images_search_does_not_depend_on_its_batch(demo_photo) -> None:
+    classifier = load_query_classifier(scores, parse_preprocess(PREPROCESS))
+    cat = to_image(read_image(demo_photo("chelsea.png")))
+    other = to_image(read_image(demo_photo("coffee.png")))
+    source = parse_region_source(REGIONS)
+    settings = Settings(filter=Mask(), solver=QuerySolver())
+    (alone,) = process_batch(classifier, source, settings, ["cat"], [cat], keep_images=True)
+    both = process_batch(
+        classifier, source, settings, ["other", "cat"], [other, cat], keep_images=True
+    )
+    assert alone.status == Status.CORRECTED
+    assert both[1].record.queries == alone.record.queries
+    assert alone.images is not None and both[1].images is not None
+    assert torch.equal(both[1].images.final, alone.images.final)
+
+
+def test_a_flat_neighbourhood_widens_the_search(demo_photo) -> None:
+    """On a fill of 128/255 (an 8-bit level), directions below half a level are rounded
+    away and every pair scores alike. A search that may not widen spends its budget; one
+    that doubles its scale corrects the image."""
+    classifier = load_query_classifier(scores, parse_preprocess(PREPROCESS))
+    image = to_image(read_image(demo_photo("chelsea.png")))
+    source = parse_region_source(REGIONS)
+    fill = Mask(value=128 / 255)
+    stuck = QuerySolver(sigma=1e-4, max_sigma=1e-4, max_queries=400)
+    widening = QuerySolver(sigma=1e-4, max_queries=2000)
+    (out,) = process_batch(classifier, source, Settings(filter=fill, solver=stuck), ["c"], [image])
+    assert out.status == Status.FAILED and out.record.steps == 0
+    (out,) = process_batch(
+        classifier, source, Settings(filter=fill, solver=widening), ["c"], [image]
+    )
+    assert out.status == Status.CORRECTED
+
+
 def test_onnx_file_runs_in_onnxruntime(tmp_path) -> None:
     pytest.importorskip("onnxruntime")
     from test_model_formats import export_onnx

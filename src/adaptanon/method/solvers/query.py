@@ -8,7 +8,11 @@ gradient of a loss toward the original class with ``samples`` antithetic pairs
 of Gaussian directions in that space (NES: ``g = sum_k (L(x + s u_k) - L(x - s u_k)) z_k``,
 ``L`` the best other logit minus the original class's, or the cross-entropy),
 normalised and averaged with the image's previous direction (``momentum``), and moves by
-``alpha * U(g) / max|U(g)|`` inside the mask. Every candidate is queried as
+``alpha * U(g) / max|U(g)|`` inside the mask. An image whose best margin has not grown for
+``patience`` iterations doubles its own ``sigma`` (up to ``max_sigma``) and forgets its
+direction: a flat or noisy neighbourhood at the small scale often has a slope at a larger
+one. Each image draws its directions from its own generator, seeded from ``seed`` and its
+region's pixels, so its result does not depend on the other images in the batch. Every candidate is queried as
 stored (8-bit rounding for PNG, a real encode and decode for JPEG/WebP) and within the
 delta bound, so each query is also a check: an image is done as soon as its new point or
 one of the perturbed candidates meets the criterion. One call of the classifier per
@@ -18,6 +22,7 @@ iteration scores all images' candidates; each image has a budget of ``max_querie
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +43,12 @@ from adaptanon.method.solvers.gradient import (
     normalized_step,
     project,
 )
+
+
+def _image_seed(seed: int, start: Tensor, mask: Tensor) -> int:
+    """A seed from ``seed`` and the region's 8-bit pixels (``start * mask``, ``(3, H, W)``)."""
+    pixels = (start * mask).mul(255).round().to(torch.uint8).cpu().numpy().tobytes()
+    return zlib.crc32(pixels, seed & 0xFFFFFFFF)
 
 
 def grid_shape(box: tuple[int, int, int, int], grid: int) -> tuple[int, int]:
@@ -67,7 +78,8 @@ class QuerySolver(Solver):
     """Gradient-free correction (module docstring): ``alpha`` the normalised step,
     ``max_queries`` the budget per image (the check of the plainly anonymized image
     included), ``samples`` antithetic pairs per estimate, ``sigma`` their scale in
-    ``[0, 1]`` pixel units, ``grid`` cells along the region box's longer side, ``delta``
+    ``[0, 1]`` pixel units (at most ``max_sigma`` after stalls of ``patience``
+    iterations), ``grid`` cells along the region box's longer side, ``delta``
     the L-inf bound, ``seed`` the directions' random seed, ``momentum`` the weight of the
     previous direction in each new one (0: each estimate alone), ``loss`` what the
     estimates follow: ``margin`` (the best other logit minus the original class's) or
@@ -77,6 +89,8 @@ class QuerySolver(Solver):
     max_queries: int = 5000
     samples: int = 10
     sigma: float = 0.03
+    max_sigma: float = 0.12
+    patience: int = 15
     grid: int = 6
     delta: float | None = None
     seed: int = 0
@@ -85,14 +99,16 @@ class QuerySolver(Solver):
 
     def __post_init__(self) -> None:
         check_step_params(self.alpha, 0, self.delta)
-        if self.max_queries < 1 or self.samples < 1 or self.grid < 1:
-            raise ValueError("max_queries, samples and grid must be >= 1")
+        if self.max_queries < 1 or self.samples < 1 or self.grid < 1 or self.patience < 1:
+            raise ValueError("max_queries, samples, grid and patience must be >= 1")
         if self.loss not in ("margin", "ce"):
             raise ValueError(f"loss must be 'margin' or 'ce', got {self.loss!r}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if not (math.isfinite(self.sigma) and self.sigma > 0):
             raise ValueError(f"sigma must be a positive finite number, got {self.sigma}")
+        if not (math.isfinite(self.max_sigma) and self.max_sigma >= self.sigma):
+            raise ValueError(f"max_sigma must be finite and >= sigma, got {self.max_sigma}")
 
     def __call__(
         self,
@@ -122,6 +138,8 @@ class QuerySolver(Solver):
             "max_queries": self.max_queries,
             "samples": self.samples,
             "sigma": self.sigma,
+            "max_sigma": self.max_sigma,
+            "patience": self.patience,
             "grid": self.grid,
             "delta": self.delta,
             "momentum": self.momentum,
@@ -167,7 +185,10 @@ class _Search:
                 m[:, w[1] : w[3], w[0] : w[2]] for m, w in zip(masks, self.windows, strict=True)
             ]
         self.start, self.masks = start, masks
-        self.generator = torch.Generator().manual_seed(params.seed)
+        self.generators = [
+            torch.Generator().manual_seed(_image_seed(params.seed, s, m))
+            for s, m in zip(start, masks, strict=True)
+        ]
 
     def query(self, owners: list[int], candidates: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         """``(K, N)`` logits of the stored ``candidates`` (``owners[k]``: their images), one
@@ -209,6 +230,9 @@ class _Search:
         active = [i for i in everyone if not ok[i] and boxes[i] is not None]
         fresh = dict.fromkeys(active, False)  # whether state[i] is still unchecked
         memory: dict[int, Tensor] = {}  # each image's running direction (momentum)
+        sigma = dict.fromkeys(active, p.sigma)
+        best = {i: float(logit_margin(logits[i : i + 1], self.target[i : i + 1])) for i in active}
+        stalled = dict.fromkeys(active, 0)
         per = 2 * p.samples
         while active:
             for i in [i for i in active if int(queries[i]) + per + fresh[i] > p.max_queries]:
@@ -223,7 +247,7 @@ class _Search:
                 box = boxes[i]
                 assert box is not None
                 gh, gw = grid_shape(box, p.grid)
-                z = torch.randn(p.samples, 3, gh, gw, generator=self.generator)
+                z = torch.randn(p.samples, 3, gh, gw, generator=self.generators[i])
                 u = upsample(z.to(state[i].device), self.masks[i], box)
                 directions[i] = z
                 if fresh[i]:
@@ -231,7 +255,7 @@ class _Search:
                     candidates.append(state[i])
                 for k in range(p.samples):
                     for sign in (1.0, -1.0):
-                        x = state[i] + sign * p.sigma * u[k]
+                        x = state[i] + sign * sigma[i] * u[k]
                         owners.append(i)
                         candidates.append(project(x, self.start[i], self.masks[i], p.delta))
             logits, seen = self.query(owners, candidates)
@@ -251,16 +275,25 @@ class _Search:
                 passing = [r for r in rows if ok[r]]
                 if passing:
                     # The unperturbed point first, else the candidate with the largest margin.
-                    best = (
+                    chosen = (
                         passing[0]
                         if fresh[i] and ok[rows[0]]
                         else max(passing, key=lambda r: float(margin[r]))
                     )
-                    checked[i], stored[i] = candidates[best], seen[best]
-                    if not (fresh[i] and best == rows[0]):
+                    checked[i], stored[i] = candidates[chosen], seen[chosen]
+                    if not (fresh[i] and chosen == rows[0]):
                         steps[i] += 1  # a perturbed candidate: a move of its own
-                    final_logits[i], success[i] = logits[best], True
+                    final_logits[i], success[i] = logits[chosen], True
                     continue
+                top = float(margin[rows].max())
+                if top > best[i]:
+                    best[i], stalled[i] = top, 0
+                else:
+                    stalled[i] += 1
+                if stalled[i] >= p.patience and sigma[i] < p.max_sigma:
+                    sigma[i] = min(2 * sigma[i], p.max_sigma)
+                    stalled[i] = 0
+                    memory.pop(i, None)
                 if fresh[i]:
                     checked[i], stored[i] = state[i], seen[rows[0]]
                     final_logits[i] = logits[rows[0]]
@@ -277,7 +310,10 @@ class _Search:
                 grad = upsample(estimate.to(state[i].device), self.masks[i], box)[0]
                 update = normalized_step(grad, self.masks[i], p.alpha)
                 if not bool(update.abs().max() > 0):
-                    continue  # every pair scored alike: no direction to follow
+                    # Every pair scored alike: no direction at this scale; try a larger one.
+                    stalled[i] = p.patience
+                    still.append(i)
+                    continue
                 state[i] = project(state[i] + update, self.start[i], self.masks[i], p.delta)
                 steps[i] += 1
                 fresh[i] = True
