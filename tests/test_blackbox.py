@@ -159,6 +159,25 @@ def test_an_endpoint_timeout_in_a_run_is_an_image_error(photos) -> None:
         assert "no answer after 1 attempts" in (out.record.error or "")
 
 
+def test_endpoint_options_reach_the_client(photos, tmp_path) -> None:
+    """``--endpoint-timeout/-retries`` turn a slow endpoint into per-image errors after the
+    attempts asked for; ``--endpoint-batch`` splits a batch into requests of that size."""
+    with Endpoint("slow", delay=1.0) as endpoint:
+        code, output, records = anonymize(photos, tmp_path / "slow", endpoint.url,
+                                          "--endpoint-timeout", "0.2", "--endpoint-retries", "1")  # fmt: skip
+    assert code == 1 and "Traceback" not in output
+    assert records and all("no answer after 2 attempts" in r["error"] for r in records)
+    requests = []
+    for extra in ([], ["--endpoint-batch", "1"]):
+        with Endpoint("ok") as endpoint:
+            out = tmp_path / f"ok{len(extra)}"
+            code, output, records = anonymize(photos, out, endpoint.url, "--batch-size", "4",
+                                              "--max-queries", "1", *extra)  # fmt: skip
+        assert code in (0, 1) and len(records) == len(list(photos.iterdir())), output
+        requests.append(endpoint.requests)
+    assert requests[1] > requests[0]
+
+
 def test_probabilities_become_logits_with_the_same_margins() -> None:
     x = np.random.default_rng(1).standard_normal((4, 3, SIZE, SIZE)).astype(np.float32)
     logits = torch.from_numpy(scores(x))

@@ -28,7 +28,7 @@ import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -298,6 +298,8 @@ def load_query_classifier(
     preprocess: PreprocessFn | None = None,
     class_names: Sequence[str] | None = None,
     name: str | None = None,
+    *,
+    endpoint: Mapping[str, Any] | None = None,
 ) -> QueryClassifier:
     """A query-only classifier from what follows ``--model`` with ``--black-box``.
 
@@ -308,9 +310,12 @@ def load_query_classifier(
         preprocess: the declared preprocessing (default torchvision's ImageNet one; an
             ONNX input of fixed size S gets a crop of S).
         class_names: optional names of the classes.
+        endpoint: :class:`HttpScores`'s settings for an endpoint (``timeout``,
+            ``retries``, ``max_batch``, ``concurrency``).
 
     Raises:
-        ValueError: a missing or unloadable file or function, or a spec of no known form.
+        ValueError: a missing or unloadable file or function, a spec of no known form, or
+            endpoint settings out of range.
     """
     fixed: tuple[int | None, int | None] = (None, None)
     fn: ScoreFn
@@ -318,7 +323,7 @@ def load_query_classifier(
     if callable(spec):
         fn, label = spec, name or str(getattr(spec, "__name__", "function"))
     elif spec.startswith(URL_PREFIXES):
-        fn, label = HttpScores(spec), spec
+        fn, label = HttpScores(spec, **dict(endpoint or {})), spec
     elif Path(spec).suffix in ONNX_SUFFIXES:
         fn, fixed = onnx_scores(Path(spec))
         label = Path(spec).name

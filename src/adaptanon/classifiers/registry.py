@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -90,6 +91,7 @@ def load_classifier(
     *,
     trust_model: bool = False,
     black_box: bool = False,
+    endpoint: Mapping[str, Any] | None = None,
 ) -> Classifier:
     """Resolve a classifier from a name, a model file or a ``module:function`` factory.
 
@@ -109,6 +111,9 @@ def load_classifier(
             ``module:function`` is the batch score function itself, a built-in name or a
             torch model file is queried through its forward pass. An ``http(s)://`` spec
             is always one.
+        endpoint: settings of an ``http(s)://`` endpoint, the keyword arguments of
+            :class:`~adaptanon.classifiers.blackbox.HttpScores` (``timeout``, ``retries``,
+            ``max_batch``, ``concurrency``).
 
     Raises:
         ValueError: an unknown name, a missing or unreadable file, an ONNX conversion that
@@ -118,7 +123,7 @@ def load_classifier(
         class_names = read_class_names(class_names)
     classifier: Classifier
     if isinstance(spec, str) and (black_box or spec.startswith(URL_PREFIXES)):
-        classifier = _query_only(spec, preprocess)
+        classifier = _query_only(spec, preprocess, endpoint)
     elif not isinstance(spec, str):
         classifier = spec
     elif spec in BUILTIN_LOADERS:
@@ -148,7 +153,9 @@ def load_classifier(
     return classifier
 
 
-def _query_only(spec: str, preprocess: PreprocessFn | None) -> QueryClassifier:
+def _query_only(
+    spec: str, preprocess: PreprocessFn | None, endpoint: Mapping[str, Any] | None
+) -> QueryClassifier:
     """``spec`` as a query-only classifier; a torch model (built-in or file) is queried
     through its forward pass, for measuring what the black-box search costs on it."""
     path = Path(spec)
@@ -161,7 +168,7 @@ def _query_only(spec: str, preprocess: PreprocessFn | None) -> QueryClassifier:
             name=torch_model.name,
             class_names=torch_model.class_names,
         )
-    return load_query_classifier(spec, preprocess)
+    return load_query_classifier(spec, preprocess, endpoint=endpoint)
 
 
 def set_class_names(classifier: Classifier, names: Sequence[str]) -> None:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from adaptanon.classifiers import DEFAULT_MODEL, Classifier, UntrustedModel, load_classifier
-from adaptanon.classifiers.blackbox import URL_PREFIXES
+from adaptanon.classifiers.blackbox import URL_PREFIXES, HttpScores
 from adaptanon.classifiers.registry import BUILTIN_MODELS
 from adaptanon.engines import resolve_device
 from adaptanon.engines.verify import FileCheck
@@ -263,6 +263,35 @@ def method_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help="With --black-box: most classifier queries per image for its correction.",
         ),
         click.option(
+            "--endpoint-timeout",
+            type=click.FloatRange(min=0, min_open=True),
+            default=HttpScores.timeout,
+            show_default=True,
+            help="An http(s):// --model: seconds to wait for one request's answer.",
+        ),
+        click.option(
+            "--endpoint-retries",
+            type=click.IntRange(min=0),
+            default=HttpScores.retries,
+            show_default=True,
+            help="An http(s):// --model: further attempts after a timeout, a connection "
+            "error or a 408/429/5xx answer (waiting 0.5 s, 1 s, 2 s, ...).",
+        ),
+        click.option(
+            "--endpoint-batch",
+            type=click.IntRange(min=1),
+            default=HttpScores.max_batch,
+            show_default=True,
+            help="An http(s):// --model: most images in one request.",
+        ),
+        click.option(
+            "--endpoint-concurrency",
+            type=click.IntRange(min=1),
+            default=HttpScores.concurrency,
+            show_default=True,
+            help="An http(s):// --model: most requests in flight at once.",
+        ),
+        click.option(
             "--criterion",
             default="class",
             show_default=True,
@@ -450,6 +479,13 @@ def black_box(kw: dict[str, Any]) -> bool:
     )
 
 
+def endpoint_settings(kw: dict[str, Any]) -> dict[str, Any]:
+    """:class:`HttpScores`'s settings from the ``--endpoint-*`` options given."""
+    names = {"timeout": "endpoint_timeout", "retries": "endpoint_retries",
+             "max_batch": "endpoint_batch", "concurrency": "endpoint_concurrency"}  # fmt: skip
+    return {key: kw[opt] for key, opt in names.items() if kw.get(opt) is not None}
+
+
 def device_option(name: str) -> torch.device:
     """``--device`` as a torch device, with a usage error for a bad value."""
     try:
@@ -523,6 +559,7 @@ def load_model(spec: str, device: str, class_names: str | None = None) -> Classi
             preprocess=preprocess,
             trust_model=trust_option(),
             black_box=query_only,
+            endpoint=endpoint_settings(ctx.params if ctx is not None else {}),
         ).to(target)
     except UntrustedModel as exc:
         raise click.BadParameter(str(exc), param_hint="--model") from exc
