@@ -35,7 +35,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMAND = "OMP_NUM_THREADS=1 .venv/bin/python bench/codecs.py"
-DEFAULT_DATA = ROOT.parent.parent / "shared/data/imagenet-sample"
+DEFAULT_DATA = Path("../shared/data/imagenet-sample")
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

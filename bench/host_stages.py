@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = ROOT.parent.parent / "shared/data/imagenet-sample"
+DEFAULT_DATA = Path("../shared/data/imagenet-sample")
 COMMAND = "OMP_NUM_THREADS=1 .venv/bin/python bench/host_stages.py"
 
 

@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = ROOT.parent.parent / "shared/data/imagenet-sample"
+DEFAULT_DATA = Path("../shared/data/imagenet-sample")
 COMMAND = "OMP_NUM_THREADS=1 .venv/bin/python bench/large_photos.py"
 
 

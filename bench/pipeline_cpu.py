@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_DATA = ROOT.parent.parent / "shared/data/imagenet-sample"
+DEFAULT_DATA = Path("../shared/data/imagenet-sample")
 THREADS = 2
 REPEATS = 2
 """Each figure is the fastest of this many runs: two OpenMP threads on two cores that other
