@@ -303,6 +303,35 @@ def test_works_with_torch_classifier():
     assert clf.geometry(300, 451).view == (640, 640)
 
 
+@pytest.mark.parametrize(
+    "spec",
+    [
+        *[name for name, spec in PRESETS.items() if spec.backend != "torch"],
+        '{"preset": "torchvision-pil", "interpolation": "nearest", "resize": [97, 131], "crop": null}',
+        '{"preset": "torchvision-pil", "interpolation": "lanczos", "resize": 300, "crop": [250, 170]}',
+        '{"backend": "opencv", "interpolation": "area", "resize": 150, "crop": 101}',
+    ],
+)
+@pytest.mark.parametrize("name", ["astronaut", "chelsea", "portrait"])
+def test_from_pixels_equals_the_differentiable_preprocessing(spec, name):
+    """The originals' inputs by Pillow or OpenCV themselves are the declared loader's, to
+    the bit (also through a classifier, batched)."""
+    pre = parse_preprocess(spec)
+    pixels = photo(name)
+    got = pre.from_pixels(pixels)
+    assert got is not None
+    assert torch.equal(got, pre(to_image(pixels)))
+    net = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten())
+    clf = TorchClassifier(net.eval(), pre)
+    batch = clf.pixel_inputs([pixels, PORTRAIT])
+    assert batch is not None
+    assert torch.equal(batch, clf.inputs([to_image(pixels), to_image(PORTRAIT)]))
+
+
+def test_from_pixels_has_no_torch_backend():
+    assert parse_preprocess("torchvision-tensor").from_pixels(photo("chelsea")) is None
+
+
 # --- JSON and refusals ----------------------------------------------------------------------
 
 

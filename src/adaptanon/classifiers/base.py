@@ -17,6 +17,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol, Self, runtime_checkable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -114,6 +115,19 @@ class WindowedClassifier(Classifier, Protocol):
         at ``(top, left)`` holding :meth:`input_window` of its box. ``padded``: the same
         images as one ``(B, 3, H, W)`` tensor, padded at the bottom and right (``images``
         are views of it), for a preprocessing that computes them together."""
+        ...
+
+
+@runtime_checkable
+class PixelClassifier(Classifier, Protocol):
+    """A :class:`Classifier` whose preprocessing can also run on 8-bit photos with the
+    library it reproduces (Pillow, OpenCV): the originals' model inputs without building
+    the differentiable resize of each full-resolution photo."""
+
+    def pixel_inputs(self, pixels: Sequence[np.ndarray]) -> Tensor | None:
+        """``(B, 3, h, w)`` model inputs, on the classifier's device, of ``B`` ``(H, W,
+        3)`` uint8 images, equal to ``inputs([to_image(p) for p in pixels])``; None when
+        the preprocessing cannot."""
         ...
 
 
@@ -297,6 +311,16 @@ class TorchClassifier:
                 ]
             )
         return batch
+
+    def pixel_inputs(self, pixels: Sequence[np.ndarray]) -> Tensor | None:
+        """See :meth:`PixelClassifier.pixel_inputs` (preprocessings with ``from_pixels``)."""
+        from_pixels = getattr(self.preprocess, "from_pixels", None)
+        if from_pixels is None:
+            return None
+        views = [from_pixels(p) for p in pixels]
+        if any(v is None for v in views):
+            return None
+        return torch.stack(views).to(self.device)
 
     def forward(self, inputs: Tensor) -> Tensor:
         """``(B, N)`` logits of a batch from :meth:`inputs`, in full fp32; with

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from adaptanon.classifiers import Classifier
-from adaptanon.classifiers.base import QueryClassifier, gradient_context
+from adaptanon.classifiers.base import PixelClassifier, QueryClassifier, gradient_context
 from adaptanon.classifiers.robust import robust as robust_classifier
 from adaptanon.io.codecs import Codec, to_pixels
 from adaptanon.method.criteria import Criterion, SameClass, logit_margin
@@ -128,12 +128,22 @@ def check_image(image: Tensor, index: int = 0) -> None:
 
 
 def classify_originals(
-    classifier: Classifier, images: Sequence[Tensor], saliency: bool
+    classifier: Classifier,
+    images: Sequence[Tensor],
+    saliency: bool,
+    pixels: Sequence[np.ndarray] | None = None,
 ) -> tuple[Tensor, list[Tensor] | None, Tensor]:
     """Logits ``(B, N)`` of the originals, if asked per-image ``(crop, crop)`` maps of
     absolute loss gradients at the classifier's view (the same forward pass serves both),
-    and the model inputs ``(B, ...)``."""
-    inputs = classifier.inputs(images)
+    and the model inputs ``(B, ...)``. ``pixels``: the images' ``(H, W, 3)`` uint8 pixels,
+    when known: a classifier on the CPU then computes the inputs from them
+    (:class:`PixelClassifier`); on a GPU the device resizes the uploaded images."""
+    inputs = None
+    on_cpu = classifier.device.type == "cpu"
+    if pixels is not None and on_cpu and isinstance(classifier, PixelClassifier):
+        inputs = classifier.pixel_inputs(pixels)
+    if inputs is None:
+        inputs = classifier.inputs(images)
     if saliency and isinstance(classifier, QueryClassifier):
         with torch.no_grad():
             logits = classifier.forward(inputs)
@@ -335,7 +345,9 @@ def compute_batch(
         classifier = robust_classifier(classifier)
     device = classifier.device
     images = [img.detach().to(device, torch.float32) for img in images]
-    logits, saliency, inputs = classify_originals(classifier, images, source.uses_saliency)
+    logits, saliency, inputs = classify_originals(
+        classifier, images, source.uses_saliency, originals_8bit
+    )
     probs = torch.softmax(logits, 1)
     original = logits.argmax(1)
     rows = torch.arange(len(original), device=original.device)

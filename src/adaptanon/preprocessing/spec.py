@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 from adaptanon.preprocessing.geometry import ViewGeometry, check_resized
@@ -523,6 +524,37 @@ class SpecPreprocess:
         if self.spec.letterbox:
             pixels = self._pad(pixels, g)
         return self._normalize(pixels)
+
+    def from_pixels(self, pixels: np.ndarray) -> Tensor | None:
+        """The model input of an ``(H, W, 3)`` uint8 image resized by the library the
+        backend reproduces (Pillow's ``Image.resize``, ``cv2.resize``): the same values
+        as ``self(to_image(pixels))``, in a fraction of the time, without a gradient to
+        the pixels. None for the ``torch`` backend, or ``opencv`` without OpenCV."""
+        s = self.spec
+        g = self.geometry(pixels.shape[0], pixels.shape[1])
+        rows, cols = self._computed(g)
+        new_h, new_w = g.resized
+        if s.backend == "pil":
+            how = PIL_FILTERS[s.interpolation][2] if s.interpolation in PIL_FILTERS else None
+            image = Image.fromarray(np.ascontiguousarray(pixels), "RGB")
+            resized = np.asarray(image.resize((new_w, new_h), how or Image.Resampling.NEAREST))
+        elif s.backend == "opencv":
+            try:
+                import cv2
+            except ImportError:
+                return None
+            flags = {"nearest": cv2.INTER_NEAREST, "linear": cv2.INTER_LINEAR,
+                     "area": cv2.INTER_AREA}  # fmt: skip
+            resized = cv2.resize(pixels, (new_w, new_h), interpolation=flags[s.interpolation])
+        else:
+            return None
+        view = torch.from_numpy(np.ascontiguousarray(resized[rows, cols].transpose(2, 0, 1)))
+        view = view.to(torch.float64)
+        if s.channels == "BGR":
+            view = view.flip(0)
+        if s.letterbox:
+            view = self._pad(view, g)
+        return self._normalize(view)
 
     def _eight_bit(self) -> bool:
         return self.spec.backend != "torch" or self.spec.round8
