@@ -13,7 +13,7 @@ from PIL import Image
 from adaptanon.classifiers.efficientnet_lite import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
 from adaptanon.io.codecs import to_image
 from adaptanon.preprocessing import Preprocess, PreprocessModule, pil_resize
-from adaptanon.preprocessing.resample import pil_taps
+from adaptanon.preprocessing.resample import _array_taps, _loop_taps, pil_taps
 
 
 def load_rgb(path) -> np.ndarray:
@@ -103,6 +103,18 @@ def test_bilinear_taps_are_normalised_and_in_range(in_size, out_size):
     # Fixed-point weights of each output sample sum to 1 up to Pillow's rounding (2**-22 each).
     assert torch.allclose(weight.sum(1), torch.ones(out_size, dtype=torch.float64), atol=1e-5)
     assert bool((weight >= 0).all())
+
+
+@pytest.mark.parametrize("name", ["box", "bilinear", "bicubic"])
+def test_array_taps_equal_the_c_loop(name):
+    """The numpy taps are the C loop's doubles, to the bit, up and down, odd and extreme."""
+    sizes = [1, 2, 3, 7, 31, 100, 224, 256, 333, 375, 500, 641, 3000, 4032]
+    outs = [1, 2, 7, 97, 224, 256, 299, 500, 1111]
+    for in_size in sizes:
+        for out_size in outs:
+            a, b = _array_taps(in_size, out_size, name), _loop_taps(in_size, out_size, name)
+            assert np.array_equal(a.index, b.index), (in_size, out_size)
+            assert np.array_equal(a.weight, b.weight), (in_size, out_size)
 
 
 @pytest.mark.parametrize("resize,crop", [(256, 224), (40, 32)])

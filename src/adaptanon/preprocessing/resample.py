@@ -306,15 +306,46 @@ PIL_FILTERS: dict[str, tuple[Callable[[float], float], float, Image.Resampling]]
 """Pillow's convolution filters: name -> (filter, support, Pillow's constant)."""
 
 
+def _box_array(x: np.ndarray) -> np.ndarray:
+    return np.where((x > -0.5) & (x <= 0.5), 1.0, 0.0)
+
+
+def _bilinear_array(x: np.ndarray) -> np.ndarray:
+    x = np.abs(x)
+    return np.where(x < 1.0, 1.0 - x, 0.0)
+
+
+def _bicubic_array(x: np.ndarray) -> np.ndarray:
+    a = -0.5
+    x = np.abs(x)
+    near = ((a + 2.0) * x - (a + 3.0)) * x * x + 1
+    far = (((x - 5) * x + 8) * x - 4) * a
+    return np.where(x < 1.0, near, np.where(x < 2.0, far, 0.0))
+
+
+_ARRAY_FILTERS = {"box": _box_array, "bilinear": _bilinear_array, "bicubic": _bicubic_array}
+"""The filters made of IEEE arithmetic only, as numpy functions that give the same doubles
+as the scalar ones; the others call ``sin``/``cos``, whose numpy versions may differ from
+libm's in the last bit, so their taps keep the C loop."""
+
+
 @lru_cache(maxsize=256)
 def pil_taps(in_size: int, out_size: int, name: str) -> Taps:
     """Pillow's taps for one axis (``precompute_coeffs`` + ``normalize_coeffs_8bpc``).
 
     The filter's support is scaled by the downscale factor; weights are normalised, then
     rounded to 22-bit fixed point (half away from zero) and returned divided by ``2**22``.
-    Written as the C loop, in Python floats (C doubles, same libm), so every weight is
-    Pillow's.
+    The C loop's double arithmetic in the same order (the weights' sum taken tap by tap),
+    so every weight is Pillow's: over all outputs at once with numpy for the arithmetic
+    filters, output by output in Python floats (same libm) for the others.
     """
+    if name in _ARRAY_FILTERS:
+        return _array_taps(in_size, out_size, name)
+    return _loop_taps(in_size, out_size, name)
+
+
+def _loop_taps(in_size: int, out_size: int, name: str) -> Taps:
+    """:func:`pil_taps` as the C loop, output by output (any filter)."""
     fn, filter_support, _ = PIL_FILTERS[name]
     scale = in_size / out_size
     filterscale = max(scale, 1.0)
@@ -339,6 +370,31 @@ def pil_taps(in_size: int, out_size: int, name: str) -> Taps:
         index[xx, xmax:] = xmin
         weight[xx, :xmax] = np.array(fixed, np.float64) / one
     return Taps(index, weight, in_size)
+
+
+def _array_taps(in_size: int, out_size: int, name: str) -> Taps:
+    """:func:`pil_taps` over all outputs at once (filters of :data:`_ARRAY_FILTERS`)."""
+    _, filter_support, _ = PIL_FILTERS[name]
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = filter_support * filterscale
+    ksize = int(math.ceil(support)) * 2 + 1
+    center = (np.arange(out_size) + 0.5) * scale
+    ss = 1.0 / filterscale
+    xmin = np.maximum((center - support + 0.5).astype(np.int64), 0)
+    xmax = np.minimum((center + support + 0.5).astype(np.int64), in_size) - xmin
+    taps = np.arange(ksize)
+    inside = taps[None, :] < xmax[:, None]
+    k = _ARRAY_FILTERS[name]((taps[None, :] + xmin[:, None] - center[:, None] + 0.5) * ss)
+    k = np.where(inside, k, 0.0)
+    ww = np.zeros(out_size)
+    for j in range(ksize):  # tap by tap, as the C loop sums (adding the zeros changes nothing)
+        ww = ww + k[:, j]
+    k = np.where(ww[:, None] != 0.0, k / np.where(ww == 0.0, 1.0, ww)[:, None], k)
+    one = float(1 << PIL_PRECISION_BITS)
+    fixed = np.where(k < 0, np.trunc(-0.5 + k * one), np.trunc(0.5 + k * one))
+    index = np.where(inside, xmin[:, None] + taps[None, :], xmin[:, None])
+    return Taps(index.astype(np.int64), np.where(inside, fixed / one, 0.0), in_size)
 
 
 @lru_cache(maxsize=256)
@@ -374,7 +430,7 @@ def nearest_pass(x: Tensor, taps: Taps, dim: int, start: int, stop: int) -> Tens
     return x.index_select(dim, _move(taps.index[start:stop, 0] - first, x))
 
 
-_PROBE_WINDOW = 256
+_PROBE_WINDOW = 64
 
 
 @lru_cache(maxsize=4096)
