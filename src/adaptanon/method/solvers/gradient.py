@@ -316,7 +316,7 @@ def _descend(
         # A region the classifier's view does not reach has no gradient (None): it stops.
         if slots is not None:
             (grad,) = (
-                torch.autograd.grad([now.inputs], [now.leaf], [view_grad], allow_unused=True)
+                pull_back(now.inputs, [now.leaf], view_grad)
                 if now.inputs.requires_grad and now.leaf is not None
                 else (None,)
             )
@@ -358,6 +358,14 @@ def _descend(
     )
 
 
+def pull_back(output: Tensor, leaves: list[Tensor], grad: Tensor) -> tuple[Tensor | None, ...]:
+    """``grad`` (shaped as ``output``) pulled back through ``output``'s graph to each of
+    ``leaves`` (None where it does not reach): the gradient of ``sum(output * grad)``,
+    the same values as ``autograd.grad(output, leaves, grad)``, which makes torch import
+    sympy (0.3 s) the first time it is called in a process."""
+    return torch.autograd.grad((output * grad).sum(), leaves, allow_unused=True)
+
+
 @dataclass
 class _Look:
     """One forward pass of :func:`_descend`: the images as stored (``seen``), the pixels'
@@ -390,7 +398,7 @@ def _step_each(
     ``view_grad``) to the ``todo`` leaves, each image's normalised update, projected, in
     ``state``; returns the images that moved, with one transfer to the host."""
     grads = (
-        torch.autograd.grad([inputs], [leaves[j] for j in todo], [view_grad], allow_unused=True)
+        pull_back(inputs, [leaves[j] for j in todo], view_grad)
         if inputs.requires_grad
         else [None] * len(todo)
     )
