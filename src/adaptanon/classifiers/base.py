@@ -202,9 +202,12 @@ class TorchClassifier:
             around the model's calls only); None: on CUDA.
         batched_windows: recompute the views of a windowed correction for the whole batch
             at once, when the preprocessing can (``update_many``); None: on CUDA.
+        channels_last: run the model on channels-last (NHWC) inputs and weights, which
+            oneDNN and cuDNN convolve faster; None: on CUDA only (on the CPU a user's
+            module may ``view`` its activations, which needs NCHW). The built-in models
+            set it.
 
-    The model runs every forward pass in full fp32 (TF32 off, see :mod:`.precision`),
-    channels-last on CUDA.
+    The model runs every forward pass in full fp32 (TF32 off, see :mod:`.precision`).
 
     The module is put in eval mode (batch norm and dropout as at inference), with a warning
     when it was in training mode; its parameters are left as they are (the correction asks
@@ -217,6 +220,7 @@ class TorchClassifier:
     class_names: Sequence[str] | None = None
     fixed_shapes: bool | None = None
     batched_windows: bool | None = None
+    channels_last: bool | None = None
 
     def __post_init__(self) -> None:
         if self.model.training:
@@ -226,6 +230,8 @@ class TorchClassifier:
                 stacklevel=3,
             )
             self.model.eval()
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     @property
     def device(self) -> torch.device:
@@ -235,12 +241,16 @@ class TorchClassifier:
         return torch.device("cpu")
 
     def to(self, device: str | torch.device) -> Self:
-        """Move the model to ``device`` (channels-last on CUDA, faster there); returns self."""
+        """Move the model to ``device`` (channels-last there if ``channels_last``); returns
+        self."""
         device = torch.device(device)
         self.model.to(device)
-        if device.type == "cuda":
+        if self._nhwc(device):
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         return self
+
+    def _nhwc(self, device: torch.device) -> bool:
+        return device.type == "cuda" if self.channels_last is None else self.channels_last
 
     def geometry(self, height: int, width: int) -> ViewGeometry | None:
         """The view geometry, when the preprocessing has one."""
@@ -330,7 +340,7 @@ class TorchClassifier:
         x = inputs
         if fixed and bucket_size(n) > n:
             x = torch.cat([x, x.new_zeros(bucket_size(n) - n, *x.shape[1:])])
-        if x.is_cuda:
+        if x.dim() == 4 and self._nhwc(x.device):
             x = x.contiguous(memory_format=torch.channels_last)
         with full_precision(), model_call() if fixed else nullcontext():
             out: Tensor = self.model(x)

@@ -64,4 +64,6 @@ def efficientnet_lite(name: str = DEFAULT_MODEL) -> TorchClassifier:
     model.load_state_dict(state)
     model.eval()
     preprocess = Preprocess(resize, crop, EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD)
-    return TorchClassifier(model, preprocess, name=name, class_names=imagenet_class_names())
+    return TorchClassifier(
+        model, preprocess, name=name, class_names=imagenet_class_names(), channels_last=True
+    )

@@ -115,5 +115,9 @@ def mobilenet_v2() -> TorchClassifier:
     model.load_state_dict(state, strict=True)
     model.eval()
     return TorchClassifier(
-        model, Preprocess(256, 224), name="mobilenet_v2", class_names=imagenet_class_names()
+        model,
+        Preprocess(256, 224),
+        name="mobilenet_v2",
+        class_names=imagenet_class_names(),
+        channels_last=True,
     )
