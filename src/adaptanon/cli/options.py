@@ -78,6 +78,18 @@ class Number(click.ParamType):
         return number
 
 
+ENDPOINT_OPTIONS: list[tuple[str, str, click.ParamType, str]] = [
+    ("timeout", "timeout", click.FloatRange(min=0, min_open=True),
+     "seconds to wait for one request's answer."),
+    ("retries", "retries", click.IntRange(min=0),
+     "further attempts after a timeout, a connection error or a 408/429/5xx answer "
+     "(waiting 0.5 s, 1 s, 2 s, ...)."),
+    ("batch", "max_batch", click.IntRange(min=1), "most images in one request."),
+    ("concurrency", "concurrency", click.IntRange(min=1), "most requests in flight at once."),
+]  # fmt: skip
+"""``--endpoint-FLAG``: ``(FLAG, HttpScores field, type, help)``."""
+
+
 def _check_criterion(ctx: click.Context, param: click.Parameter, value: str) -> str:
     """Validate ``--criterion`` while parsing, so a bad value stops before any work."""
     try:
@@ -262,35 +274,16 @@ def method_options(func: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             help="With --black-box: most classifier queries per image for its correction.",
         ),
-        click.option(
-            "--endpoint-timeout",
-            type=click.FloatRange(min=0, min_open=True),
-            default=HttpScores.timeout,
-            show_default=True,
-            help="An http(s):// --model: seconds to wait for one request's answer.",
-        ),
-        click.option(
-            "--endpoint-retries",
-            type=click.IntRange(min=0),
-            default=HttpScores.retries,
-            show_default=True,
-            help="An http(s):// --model: further attempts after a timeout, a connection "
-            "error or a 408/429/5xx answer (waiting 0.5 s, 1 s, 2 s, ...).",
-        ),
-        click.option(
-            "--endpoint-batch",
-            type=click.IntRange(min=1),
-            default=HttpScores.max_batch,
-            show_default=True,
-            help="An http(s):// --model: most images in one request.",
-        ),
-        click.option(
-            "--endpoint-concurrency",
-            type=click.IntRange(min=1),
-            default=HttpScores.concurrency,
-            show_default=True,
-            help="An http(s):// --model: most requests in flight at once.",
-        ),
+        *[
+            click.option(
+                f"--endpoint-{flag}",
+                type=kind,
+                default=getattr(HttpScores, field),
+                show_default=True,
+                help=f"An http(s):// --model: {text}",
+            )
+            for flag, field, kind, text in ENDPOINT_OPTIONS
+        ],
         click.option(
             "--criterion",
             default="class",
@@ -481,9 +474,8 @@ def black_box(kw: dict[str, Any]) -> bool:
 
 def endpoint_settings(kw: dict[str, Any]) -> dict[str, Any]:
     """:class:`HttpScores`'s settings from the ``--endpoint-*`` options given."""
-    names = {"timeout": "endpoint_timeout", "retries": "endpoint_retries",
-             "max_batch": "endpoint_batch", "concurrency": "endpoint_concurrency"}  # fmt: skip
-    return {key: kw[opt] for key, opt in names.items() if kw.get(opt) is not None}
+    given = {field: kw.get(f"endpoint_{flag}") for flag, field, _, _ in ENDPOINT_OPTIONS}
+    return {field: value for field, value in given.items() if value is not None}
 
 
 def device_option(name: str) -> torch.device:

@@ -344,13 +344,19 @@ def pil_taps(in_size: int, out_size: int, name: str) -> Taps:
     return _loop_taps(in_size, out_size, name)
 
 
-def _loop_taps(in_size: int, out_size: int, name: str) -> Taps:
-    """:func:`pil_taps` as the C loop, output by output (any filter)."""
-    fn, filter_support, _ = PIL_FILTERS[name]
+def _support(in_size: int, out_size: int, name: str) -> tuple[float, float, float, int]:
+    """``(scale, filterscale, support, ksize)`` of filter ``name`` for one axis, as Pillow
+    computes them: the support grows with the downscale factor."""
     scale = in_size / out_size
     filterscale = max(scale, 1.0)
-    support = filter_support * filterscale
-    ksize = int(math.ceil(support)) * 2 + 1
+    support = PIL_FILTERS[name][1] * filterscale
+    return scale, filterscale, support, int(math.ceil(support)) * 2 + 1
+
+
+def _loop_taps(in_size: int, out_size: int, name: str) -> Taps:
+    """:func:`pil_taps` as the C loop, output by output (any filter)."""
+    fn = PIL_FILTERS[name][0]
+    scale, filterscale, support, ksize = _support(in_size, out_size, name)
     index = np.zeros((out_size, ksize), np.int64)
     weight = np.zeros((out_size, ksize))
     one = float(1 << PIL_PRECISION_BITS)
@@ -374,11 +380,7 @@ def _loop_taps(in_size: int, out_size: int, name: str) -> Taps:
 
 def _array_taps(in_size: int, out_size: int, name: str) -> Taps:
     """:func:`pil_taps` over all outputs at once (filters of :data:`_ARRAY_FILTERS`)."""
-    _, filter_support, _ = PIL_FILTERS[name]
-    scale = in_size / out_size
-    filterscale = max(scale, 1.0)
-    support = filter_support * filterscale
-    ksize = int(math.ceil(support)) * 2 + 1
+    scale, filterscale, support, ksize = _support(in_size, out_size, name)
     center = (np.arange(out_size) + 0.5) * scale
     ss = 1.0 / filterscale
     xmin = np.maximum((center - support + 0.5).astype(np.int64), 0)
