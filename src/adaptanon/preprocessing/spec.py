@@ -536,7 +536,7 @@ class SpecPreprocess:
         new_h, new_w = g.resized
         if s.backend == "pil":
             how = PIL_FILTERS[s.interpolation][2] if s.interpolation in PIL_FILTERS else None
-            image = Image.fromarray(np.ascontiguousarray(pixels), "RGB")
+            image = Image.fromarray(np.ascontiguousarray(pixels))
             resized = np.asarray(image.resize((new_w, new_h), how or Image.Resampling.NEAREST))
         elif s.backend == "opencv":
             try:
