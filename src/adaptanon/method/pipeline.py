@@ -31,7 +31,8 @@ from adaptanon.method.finish import FinishJob, FinishRules, finish_image
 from adaptanon.method.identity import IdentityLimit
 from adaptanon.method.metrics import StrengthLimits
 from adaptanon.method.solvers import GradientSolver, Solver, SolverResult
-from adaptanon.method.solvers.gradient import mask_boxes, variant_margins
+from adaptanon.method.solvers.gradient import variant_margins
+from adaptanon.method.solvers.region import mask_boxes
 from adaptanon.records import Box, ImageRecord, Status
 from adaptanon.regions import RegionQuery, Regions, RegionSource
 
