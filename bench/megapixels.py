@@ -7,7 +7,7 @@ a 50x50 square of view pixels at the centre of the model's view, mapped to input
 correction takes exactly ``--max-steps`` steps. Each run is timed (the fastest of
 ``--repeats``) with ``--max-steps`` steps and with 0 (classify, anonymize, check, encode and verify only), and
 the difference divided by the steps is the cost of one step. Each size runs in a child
-process, once with the full-image path (``gradient.WINDOWED = False``, the solver before
+process, once with the full-image path (``region.WINDOWED = False``, the solver before
 issue 10.1) and once windowed, so that each child's peak resident memory (``ru_maxrss``)
 is its own. One CPU thread (``OMP_NUM_THREADS=1``).
 
@@ -51,11 +51,11 @@ def child(megapixels: float, windowed: bool, max_steps: int, repeats: int) -> di
 
     from adaptanon.classifiers import efficientnet_lite
     from adaptanon.method import Blur, GradientSolver, SameClass, Settings, process_batch
-    from adaptanon.method.solvers import gradient
+    from adaptanon.method.solvers import region
     from adaptanon.regions import ExplicitBoxes
 
     torch.set_num_threads(1)
-    gradient.WINDOWED = windowed
+    region.WINDOWED = windowed
     clf = efficientnet_lite("efficientnet_lite0")
     image = photo(megapixels)
     h, w = image.shape[-2:]
@@ -138,7 +138,7 @@ def render(rows: list[dict], args: argparse.Namespace) -> str:
         f"(`margin:50`). A step's cost is (time with the steps - time with none) / steps, "
         f"each the fastest of {args.repeats} runs; "
         "the ratio is to the smallest size's step on the same path. *Full*: every step on "
-        "the whole image (as before issue 10.1, `gradient.WINDOWED = False`); *windowed*: "
+        "the whole image (as before issue 10.1, `region.WINDOWED = False`); *windowed*: "
         "the steps on the region's window only. Peak RSS: each run's own process (model "
         "included).",
         "",

@@ -186,3 +186,29 @@ def test_only_the_window_is_converted_when_nothing_else_changed(tiny, monkeypatc
     (slow,) = pipeline.compute_batch(tiny, box, Settings(), ["a"], [original])
     assert fast.job is not None and slow.job is not None
     assert np.array_equal(fast.job.pixels, slow.job.pixels)
+
+
+def test_eight_bit_images_are_classified_from_their_pixels(tiny, synth_batch, monkeypatch):
+    """Images that are exactly 8-bit values get their originals' inputs from the pixels
+    (Pillow), with the same records as the differentiable resize gives."""
+    from adaptanon.method import pipeline
+
+    assert pipeline.eight_bit_sources([synth_batch[0], synth_batch[0] * 0.999]) is None
+    found = pipeline.eight_bit_sources(synth_batch)
+    assert found is not None
+    assert all(np.array_equal(px, to_pixels(img)) for px, img in zip(found, synth_batch))
+    names = [f"img{i}.png" for i in range(len(synth_batch))]
+    boxes = ExplicitBoxes({n: [centre(img)] for n, img in zip(names, synth_batch, strict=True)})
+    settings = Settings(filter=Mask(1.0))
+    calls: list[bool] = []
+    pixel_inputs = type(tiny).pixel_inputs
+    monkeypatch.setattr(
+        type(tiny), "pixel_inputs", lambda self, px: calls.append(True) or pixel_inputs(self, px)
+    )
+    fast = process_batch(tiny, boxes, settings, names, synth_batch)
+    assert calls
+    monkeypatch.setattr(pipeline, "eight_bit_sources", lambda images: None)
+    slow = process_batch(tiny, boxes, settings, names, synth_batch)
+    assert len(calls) == 1
+    for a, b in zip(fast, slow, strict=True):
+        assert a.record.to_dict() == b.record.to_dict() and a.data == b.data

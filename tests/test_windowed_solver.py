@@ -15,6 +15,7 @@ from adaptanon.method.criteria import SameClass
 from adaptanon.method.filters import anonymize
 from adaptanon.method.solvers import GradientSolver, correct
 from adaptanon.method.solvers import gradient as gradient_module
+from adaptanon.method.solvers import region as region_module
 from adaptanon.preprocessing import Preprocess, PreprocessSpec, SpecPreprocess
 from adaptanon.regions import ExplicitBoxes
 
@@ -134,15 +135,15 @@ def run_both(monkeypatch, clf, images, masks, target, **kwargs):
     than the image for some) when the codec is lossless."""
     results = []
     seen: list = []
-    windows = gradient_module._windows
+    windows = gradient_module.input_windows
 
     def spy(*args):
         seen.append(windows(*args))
         return seen[-1]
 
-    monkeypatch.setattr(gradient_module, "_windows", spy)
+    monkeypatch.setattr(gradient_module, "input_windows", spy)
     for windowed in (False, True):
-        monkeypatch.setattr(gradient_module, "WINDOWED", windowed)
+        monkeypatch.setattr(region_module, "WINDOWED", windowed)
         bases = [clf.inputs([img])[0] for img in images]
         results.append(correct(clf, images, masks, target, bases=bases, **kwargs))
     codec = kwargs.get("codec")
@@ -239,7 +240,7 @@ def test_process_batch_is_the_same_windowed_or_not(monkeypatch, tiny):
     source = ExplicitBoxes({"a": [(10, 12, 50, 40)], "b": [(0, 100, 30, 160), (60, 20, 100, 60)]})
     outcomes = []
     for windowed in (False, True):
-        monkeypatch.setattr(gradient_module, "WINDOWED", windowed)
+        monkeypatch.setattr(region_module, "WINDOWED", windowed)
         settings = Settings(
             filter=Blur(),
             criterion=SameClass(margin=50.0),

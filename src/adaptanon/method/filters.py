@@ -21,7 +21,8 @@ from __future__ import annotations
 import hashlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +45,21 @@ def gaussian_kernel1d(ksize: int, sigma: float, device: torch.device | None = No
     return k / k.sum()
 
 
+@contextmanager
+def _native_convolution(x: Tensor) -> Iterator[None]:
+    """On the CPU, torch's own convolution instead of oneDNN's: oneDNN compiles a kernel
+    for every new input shape (about 10 ms, and regions come in every size), which costs
+    more than these one-channel passes themselves."""
+    if x.device.type != "cpu":
+        yield
+        return
+    enabled = torch.backends.mkldnn.set_flags(False, None, None, None)[0]
+    try:
+        yield
+    finally:
+        torch.backends.mkldnn.set_flags(enabled, None, None, None)
+
+
 def gaussian_blur(image: Tensor, ksize: int, sigma: float) -> Tensor:
     """Separable Gaussian blur with reflected borders.
 
@@ -61,7 +77,8 @@ def gaussian_blur(image: Tensor, ksize: int, sigma: float) -> Tensor:
     mode = "reflect" if min(h, w) > pad else "replicate"
     # Channels as batch entries: a one-channel convolution is faster than a grouped one.
     x = F.pad(batched.reshape(b * c, 1, h, w), (pad, pad, pad, pad), mode=mode)
-    x = F.conv2d(F.conv2d(x, k.view(1, 1, 1, ksize)), k.view(1, 1, ksize, 1))
+    with _native_convolution(x):
+        x = F.conv2d(F.conv2d(x, k.view(1, 1, 1, ksize)), k.view(1, 1, ksize, 1))
     x = x.reshape(b, c, h, w)
     return x if image.dim() == 4 else x.squeeze(0)
 

@@ -24,14 +24,15 @@ from torch import Tensor
 from adaptanon.classifiers import Classifier
 from adaptanon.classifiers.base import PixelClassifier, QueryClassifier, gradient_context
 from adaptanon.classifiers.robust import robust as robust_classifier
-from adaptanon.io.codecs import Codec, to_pixels
+from adaptanon.io.codecs import Codec, to_image, to_pixels
 from adaptanon.method.criteria import Criterion, SameClass, logit_margin
 from adaptanon.method.filters import ByLabel, Filter, anonymize
 from adaptanon.method.finish import FinishJob, FinishRules, finish_image
 from adaptanon.method.identity import IdentityLimit
 from adaptanon.method.metrics import StrengthLimits
 from adaptanon.method.solvers import GradientSolver, Solver, SolverResult
-from adaptanon.method.solvers.gradient import mask_boxes, variant_margins
+from adaptanon.method.solvers.gradient import variant_margins
+from adaptanon.method.solvers.region import mask_boxes
 from adaptanon.records import Box, ImageRecord, Status
 from adaptanon.regions import RegionQuery, Regions, RegionSource
 
@@ -125,6 +126,18 @@ def check_image(image: Tensor, index: int = 0) -> None:
     low, high = torch.aminmax(image.detach())  # NaN fails both tests, infinities one
     if not (bool(low >= 0) and bool(high <= 1)):
         raise ValueError(f"{where}: values must be finite and in [0, 1]")
+
+
+def eight_bit_sources(images: Sequence[Tensor]) -> list[np.ndarray] | None:
+    """The ``(H, W, 3)`` uint8 pixels that ``(3, H, W)`` ``images`` are made of, when every
+    one of them is exactly ``to_image`` of its pixels (checked); None otherwise."""
+    found = []
+    for img in images:
+        pixels = to_pixels(img)
+        if not torch.equal(to_image(pixels, img.device), img):
+            return None
+        found.append(pixels)
+    return found
 
 
 def classify_originals(
@@ -328,7 +341,9 @@ def compute_batch(
 
     ``originals_8bit``: the ``(H, W, 3)`` uint8 pixels the images were made from (with
     :func:`~adaptanon.io.codecs.to_image`), when the caller has them: then only the
-    regions' window of a large photo is converted back to 8 bits.
+    regions' window of a large photo is converted back to 8 bits, and on the CPU the
+    originals' model inputs are computed from them. Without them, on the CPU, images
+    that are exactly 8-bit values are found so (:func:`eight_bit_sources`).
 
     Raises:
         ValueError: an image is not a float ``(3, H, W)`` tensor in ``[0, 1]``.
@@ -345,6 +360,8 @@ def compute_batch(
         classifier = robust_classifier(classifier)
     device = classifier.device
     images = [img.detach().to(device, torch.float32) for img in images]
+    if originals_8bit is None and device.type == "cpu":
+        originals_8bit = eight_bit_sources(images)
     logits, saliency, inputs = classify_originals(
         classifier, images, source.uses_saliency, originals_8bit
     )

@@ -35,14 +35,14 @@ from adaptanon.classifiers import Classifier
 from adaptanon.io.codecs import Codec
 from adaptanon.method.criteria import Criterion, SameClass, logit_margin
 from adaptanon.method.solvers.base import Solver, SolverResult
-from adaptanon.method.solvers.gradient import (
-    _paste,
-    _windows,
+from adaptanon.method.solvers.region import (
     check_step_params,
+    input_windows,
     mask_boxes,
     normalized_step,
-    project,
+    paste,
 )
+from adaptanon.method.solvers.slots import project
 
 
 def _image_seed(seed: int, start: Tensor, mask: Tensor) -> int:
@@ -170,7 +170,7 @@ class _Search:
         masks = [m.to(device) for m in masks]
         boxes = mask_boxes(masks) if bases is not None and codec.lossless else None
         self.boxes, self.bases = boxes, bases
-        self.windows = _windows(classifier, masks, boxes)
+        self.windows = input_windows(classifier, masks, boxes)
         self.frames: list[tuple[int, int, int, int]] | None = None
         start = self.full
         if self.windows is not None:
@@ -321,7 +321,7 @@ class _Search:
             active = still
         images, stored_full, initial_full = checked, stored, initial
         if self.windows is not None:
-            images, stored_full, initial_full = _paste(
+            images, stored_full, initial_full = paste(
                 self.codec, self.full, self.windows, checked, stored
             )
         return SolverResult(

@@ -1,6 +1,6 @@
 """The solver's images as one padded batch: a fixed number of slots, one per image.
 
-A windowed correction (see :data:`~.gradient.WINDOWED`) works on each image's window,
+A windowed correction (see :data:`~.region.WINDOWED`) works on each image's window,
 whose sizes differ. :class:`Slots` holds the windows, their starts and masks as
 ``(B, 3, H, W)`` tensors padded at the bottom and right (the mask is False there), so that
 a step (the stored-file round trip, the normalised update, the projection) is a handful of
