@@ -21,8 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,19 +44,8 @@ def gaussian_kernel1d(ksize: int, sigma: float, device: torch.device | None = No
     return k / k.sum()
 
 
-@contextmanager
-def _native_convolution(x: Tensor) -> Iterator[None]:
-    """On the CPU, torch's own convolution instead of oneDNN's: oneDNN compiles a kernel
-    for every new input shape (about 10 ms, and regions come in every size), which costs
-    more than these one-channel passes themselves."""
-    if x.device.type != "cpu":
-        yield
-        return
-    enabled = torch.backends.mkldnn.set_flags(False, None, None, None)[0]
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.set_flags(enabled, None, None, None)
+BLUR_SHAPE_STEP = 64
+"""On the CPU the blurred window is padded to a multiple of this many pixels per side."""
 
 
 def gaussian_blur(image: Tensor, ksize: int, sigma: float) -> Tensor:
@@ -77,9 +65,13 @@ def gaussian_blur(image: Tensor, ksize: int, sigma: float) -> Tensor:
     mode = "reflect" if min(h, w) > pad else "replicate"
     # Channels as batch entries: a one-channel convolution is faster than a grouped one.
     x = F.pad(batched.reshape(b * c, 1, h, w), (pad, pad, pad, pad), mode=mode)
-    with _native_convolution(x):
-        x = F.conv2d(F.conv2d(x, k.view(1, 1, 1, ksize)), k.view(1, 1, ksize, 1))
-    x = x.reshape(b, c, h, w)
+    if x.device.type == "cpu":
+        # oneDNN compiles a kernel for every new input shape (about 10 ms, more than a
+        # small blur costs), and regions come in every size: zeros up to a multiple of
+        # BLUR_SHAPE_STEP keep a run to a few shapes. They reach only outputs cut off below.
+        x = F.pad(x, (0, -x.shape[-1] % BLUR_SHAPE_STEP, 0, -x.shape[-2] % BLUR_SHAPE_STEP))
+    x = F.conv2d(F.conv2d(x, k.view(1, 1, 1, ksize)), k.view(1, 1, ksize, 1))
+    x = x[..., :h, :w].reshape(b, c, h, w)
     return x if image.dim() == 4 else x.squeeze(0)
 
 
