@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import make_image
 
 from adaptanon.method.filters import (
@@ -43,6 +44,24 @@ def test_gaussian_blur_preserves_constant_and_shape():
     assert torch.allclose(out, img, atol=1e-6)
     batch = torch.full((2, 3, 11, 13), 0.7)
     assert gaussian_blur(batch, 5, 1.0).shape == batch.shape
+
+
+@pytest.mark.parametrize("h,w,ksize", [(37, 70, 9), (64, 64, 5), (100, 129, 31), (1, 1, 5)])
+def test_gaussian_blur_equals_the_separable_sums(h, w, ksize):
+    """Known answer: reflected borders, then the 1-D kernel along rows and columns, summed
+    tap by tap in float64; the window's padding to a multiple of BLUR_SHAPE_STEP on the
+    CPU changes nothing, the bottom and right edges included."""
+    image = torch.rand(3, h, w, generator=torch.Generator().manual_seed(h + w))
+    sigma = ksize / 3
+    k = gaussian_kernel1d(ksize, sigma, image.device).double()
+    pad = ksize // 2
+    mode = "reflect" if min(h, w) > pad else "replicate"
+    x = F.pad(image.double()[None], (pad, pad, pad, pad), mode=mode)[0]
+    rows = sum(k[j] * x[:, :, j : j + w] for j in range(ksize))
+    expected = sum(k[j] * rows[:, j : j + h, :] for j in range(ksize))
+    got = gaussian_blur(image, ksize, sigma)
+    assert got.shape == image.shape
+    torch.testing.assert_close(got.double(), expected, atol=1e-6, rtol=0)
 
 
 def test_gaussian_blur_reduces_noise_variance():
