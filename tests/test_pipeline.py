@@ -196,7 +196,9 @@ def test_eight_bit_images_are_classified_from_their_pixels(tiny, synth_batch, mo
     assert pipeline.eight_bit_sources([synth_batch[0], synth_batch[0] * 0.999]) is None
     found = pipeline.eight_bit_sources(synth_batch)
     assert found is not None
-    assert all(np.array_equal(px, to_pixels(img)) for px, img in zip(found, synth_batch))
+    assert all(
+        np.array_equal(px, to_pixels(img)) for px, img in zip(found, synth_batch, strict=True)
+    )
     names = [f"img{i}.png" for i in range(len(synth_batch))]
     boxes = ExplicitBoxes({n: [centre(img)] for n, img in zip(names, synth_batch, strict=True)})
     settings = Settings(filter=Mask(1.0))
