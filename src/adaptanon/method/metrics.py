@@ -50,14 +50,16 @@ def region_psnr(reference: Tensor, other: Tensor, mask: Tensor) -> float | None:
     """PSNR in dB between two ``(3, H, W)`` images in ``[0, 1]``, over the pixels where the
     ``(1, H, W)`` or ``(H, W)`` bool ``mask`` is set (all channels). ``inf`` when they are
     equal there, None when the mask is empty."""
-    m = mask.reshape(1, *reference.shape[-2:]).to(reference.device).expand_as(reference)
+    m = mask.reshape(reference.shape[-2:]).to(reference.device)
     count = int(m.sum())
     if count == 0:
         return None
-    diff = (reference.double() - other.to(reference.device).double())[m]
+    diff = reference.double() - other.to(reference.device).double()
+    if count < m.numel():  # a rectangle (the usual region) needs no gathering
+        diff = diff[:, m]
     # numpy's pairwise sum adds in the same order on any number of threads, so the value
     # does not depend on the process that measures it (worker or main).
-    mse = float(np.mean(np.square(diff.cpu().numpy())))
+    mse = float(np.mean(np.square(diff.cpu().numpy().ravel())))
     return math.inf if mse == 0.0 else 10.0 * math.log10(1.0 / mse)
 
 
