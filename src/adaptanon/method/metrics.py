@@ -166,12 +166,10 @@ def region_detail(reference: Tensor, other: Tensor, mask: Tensor | None = None) 
     if min(h, w) < DETAIL_MIN_SIDE:
         return None
     lx, ly = laplacian(reference), laplacian(other.to(reference.device))
-    centres = torch.ones(h - 2, w - 2, dtype=torch.bool, device=lx.device)
     if mask is not None:
         centres = mask.reshape(h, w)[1 : h - 1, 1 : w - 1].to(lx.device)
-        if not bool(centres.any()):
-            centres = torch.ones_like(centres)
-    lx, ly = lx[:, centres], ly[:, centres]
+        if bool(centres.any()) and not bool(centres.all()):
+            lx, ly = lx[:, centres], ly[:, centres]
     energy = float((lx**2).sum())
     if energy <= 1e-12:
         return None
