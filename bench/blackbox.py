@@ -147,6 +147,8 @@ def main() -> None:
             out = args.out / f"{filt}-{name.replace(' ', '').replace(',', '-')}"
             options = ["--filter", filt, "-q", "--no-resume", "--overwrite", *extra]
             records, seconds, cmd = run_anonymize(inputs, out, options, threads=1)
+            # The folder's manifest also lists what an earlier, larger run left there.
+            records = [r for r in records if Path(r["input"]).name in original]
             cmd = cmd.replace(spec, f"'{spec}'")
             if name == "gradient":
                 boxes.write_text(json.dumps({Path(r["input"]).name: r["regions"] for r in records}))
