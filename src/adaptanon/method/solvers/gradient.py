@@ -3,10 +3,12 @@
 Starting from the anonymized image, each step computes the cross-entropy between the
 classifier's output and the original class, takes its gradient with respect to the region
 pixels only, divides it per image by its largest absolute entry and moves by ``alpha``
-(in ``[0, 1]`` pixel units). The forward pass that gives a step's gradient is also that
-step's check: every image is classified as it would be stored (see
-:class:`~adaptanon.io.codecs.Codec`), and an image leaves the batch as soon as it meets the
-criterion. The solver returns the images with a per-image success flag.
+(in ``[0, 1]`` pixel units). Every image is classified as it would be stored (see
+:class:`~adaptanon.io.codecs.Codec`) and leaves the batch as soon as it meets the
+criterion. The first pass, over the plainly anonymized images, is only that check (most
+pass it); the images that fail get a forward/backward pass of their own. From then on the
+forward pass that gives a step's gradient is also that step's check. The solver returns
+the images with a per-image success flag.
 """
 
 from __future__ import annotations
