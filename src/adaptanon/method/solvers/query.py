@@ -14,9 +14,10 @@ direction: a flat or noisy neighbourhood at the small scale often has a slope at
 one. Each image draws its directions from its own generator, seeded from ``seed`` and its
 region's pixels, so its result does not depend on the other images in the batch. Every
 candidate is queried as stored (8-bit rounding for PNG, a real encode and decode for
-JPEG/WebP) and within the delta bound, so each query is also a check: an image is done as soon as its new point or
-one of the perturbed candidates meets the criterion. One call of the classifier per
-iteration scores all images' candidates; each image has a budget of ``max_queries``.
+JPEG/WebP) and within the delta bound, so each query is also a check: an image is done
+as soon as its new point or one of the perturbed candidates meets the criterion. One call
+of the classifier per iteration scores all images' candidates; each image has a budget of
+``max_queries``.
 """
 
 from __future__ import annotations
