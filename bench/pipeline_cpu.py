@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -83,21 +82,15 @@ def engine_seconds(paths: list[Path]) -> float:
 def command_seconds(paths: list[Path], workers: str) -> tuple[float, dict[str, int], str]:
     """Wall seconds of ``adaptanon anonymize PATHS --workers W``, its status counts, and
     the command as typed."""
+    from cli_run import run_anonymize
+
     with tempfile.TemporaryDirectory(prefix="adaptanon-bench-") as folder:
-        out = Path(folder) / "out"
-        args = ["anonymize", *map(str, paths), "-o", str(out), "--workers", workers, "-q"]
-        env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
-        start = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, "-m", "adaptanon", *args], env=env, capture_output=True, text=True
-        )
-        seconds = time.perf_counter() - start
-        if proc.returncode not in (0, 1):
-            sys.exit(f"adaptanon failed:\n{proc.stderr}")
-        counts: dict[str, int] = {}
-        for line in (out / "manifest.jsonl").read_text().splitlines():
-            status = json.loads(line)["status"]
-            counts[status] = counts.get(status, 0) + 1
+        inputs = [str(p.resolve()) for p in paths]
+        options = ["--workers", workers, "-q"]
+        records, seconds, _ = run_anonymize(inputs, Path(folder) / "out", options, THREADS)
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record["status"]] = counts.get(record["status"], 0) + 1
     shown = f"OMP_NUM_THREADS={THREADS} adaptanon anonymize <{len(paths)} photos> -o OUT --workers {workers}"
     return seconds, counts, shown
 
