@@ -232,7 +232,8 @@ class _Search:
         fresh = dict.fromkeys(active, False)  # whether state[i] is still unchecked
         memory: dict[int, Tensor] = {}  # each image's running direction (momentum)
         sigma = dict.fromkeys(active, p.sigma)
-        best = {i: float(logit_margin(logits[i : i + 1], self.target[i : i + 1])) for i in active}
+        first = logit_margin(logits, self.target).tolist()  # one transfer for the batch
+        best = {i: first[i] for i in active}
         stalled = dict.fromkeys(active, 0)
         per = 2 * p.samples
         while active:
@@ -262,6 +263,7 @@ class _Search:
             logits, seen = self.query(owners, candidates)
             ok = self.passes(logits, owners)
             margin = logit_margin(logits, self.target[owners])
+            margins = margin.tolist()  # the iteration's one transfer of margins
             loss = (
                 -margin
                 if p.loss == "margin"
@@ -279,14 +281,14 @@ class _Search:
                     chosen = (
                         passing[0]
                         if fresh[i] and ok[rows[0]]
-                        else max(passing, key=lambda r: float(margin[r]))
+                        else max(passing, key=lambda r: margins[r])
                     )
                     checked[i], stored[i] = candidates[chosen], seen[chosen]
                     if not (fresh[i] and chosen == rows[0]):
                         steps[i] += 1  # a perturbed candidate: a move of its own
                     final_logits[i], success[i] = logits[chosen], True
                     continue
-                top = float(margin[rows].max())
+                top = max(margins[r] for r in rows)
                 if top > best[i]:
                     best[i], stalled[i] = top, 0
                 else:
