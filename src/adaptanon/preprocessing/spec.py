@@ -535,9 +535,13 @@ class SpecPreprocess:
         rows, cols = self._computed(g)
         new_h, new_w = g.resized
         if s.backend == "pil":
-            how = PIL_FILTERS[s.interpolation][2] if s.interpolation in PIL_FILTERS else None
+            how = (
+                PIL_FILTERS[s.interpolation][2]
+                if s.interpolation in PIL_FILTERS
+                else Image.Resampling.NEAREST
+            )
             image = Image.fromarray(np.ascontiguousarray(pixels))
-            resized = np.asarray(image.resize((new_w, new_h), how or Image.Resampling.NEAREST))
+            resized = np.asarray(image.resize((new_w, new_h), how))
         elif s.backend == "opencv":
             try:
                 import cv2
