@@ -38,15 +38,18 @@ from cli_run import ROOT, run_anonymize, shown
 from docs_section import update_section
 from imagenet_sample import plain_pil_input
 
-from adaptanon.classifiers import efficientnet_lite
-from adaptanon.classifiers.efficientnet_lite import EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD
+from adaptanon.classifiers.efficientnet_lite import (
+    EFFICIENTNET_LITE_MEAN,
+    EFFICIENTNET_LITE_STD,
+    lite_network,
+)
 
 FILTERS = ("blur", "mask")
 
 
 def export_lite0(path: Path) -> Path:
     """EfficientNet-Lite0 (built-in weights) as an ONNX file with a free batch size."""
-    model = efficientnet_lite("efficientnet_lite0").model.eval()
+    model = lite_network("efficientnet_lite0")
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -57,6 +57,7 @@ from adaptanon.classifiers import TorchClassifier, efficientnet_lite  # noqa: E4
 from adaptanon.classifiers.efficientnet_lite import (  # noqa: E402
     EFFICIENTNET_LITE_MEAN,
     EFFICIENTNET_LITE_STD,
+    lite_network,
 )
 from adaptanon.classifiers.precision import model_call  # noqa: E402
 from adaptanon.engines import resolve_device  # noqa: E402
@@ -232,7 +233,7 @@ def main() -> None:
         "batch_size": args.batch_size,
     }
     clf = efficientnet_lite("efficientnet_lite0").to(device)
-    cpu_model = efficientnet_lite("efficientnet_lite0").model.eval()
+    cpu_model = lite_network("efficientnet_lite0")
     for name in FILTERS:
         big, records = anonymize_cli(work / "in", work / f"out-{name}", args, name)
         small, _ = anonymize_cli(work / "in-small", work / f"out-{name}-small", args, name)

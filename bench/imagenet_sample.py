@@ -24,7 +24,7 @@ from cli_run import ROOT, run_anonymize
 from docs_section import update_section
 from PIL import Image
 
-from adaptanon.classifiers import efficientnet_lite
+from adaptanon.classifiers.efficientnet_lite import lite_network
 
 CONFIGS = [
     ("blur", "png", []),
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--no-docs", action="store_true", help="print only, leave docs alone")
     args = parser.parse_args()
-    model = efficientnet_lite("efficientnet_lite0").model
+    model = lite_network("efficientnet_lite0")
     rows = []
     for filt, fmt, extra in CONFIGS:
         out = args.out / f"{filt}-{fmt}"

@@ -37,7 +37,7 @@ from cli_run import run_anonymize
 from docs_section import update_section
 from PIL import Image
 
-from adaptanon.classifiers import efficientnet_lite
+from adaptanon.classifiers.efficientnet_lite import lite_network
 
 ROOT = Path(__file__).resolve().parent.parent
 RESIZE, CROP = 256, 224
@@ -158,7 +158,7 @@ def main() -> None:
     images = args.images if args.images.is_absolute() else (Path.cwd() / args.images)
     paths = sorted(images.resolve().glob("*.JPEG"))[: args.limit]
     inputs = [os.path.relpath(p, ROOT) for p in paths]
-    model = efficientnet_lite("efficientnet_lite0").model
+    model = lite_network("efficientnet_lite0")
     runs = {}
     for mode, extra in MODES:
         out = args.out / mode

@@ -10,7 +10,8 @@ from typing import Any
 
 from imagenet_sample import plain_classes
 
-from adaptanon.classifiers import DEFAULT_MODEL, efficientnet_lite, load_classifier
+from adaptanon.classifiers import DEFAULT_MODEL, load_classifier
+from adaptanon.classifiers.efficientnet_lite import lite_network
 from adaptanon.evaluate import Config, evaluate
 from adaptanon.io.images import InputImage
 from adaptanon.method import Outcome, Settings, parse_filter
@@ -55,7 +56,7 @@ def evaluate_written(
         on_outcome=keep,
         **evaluate_kw,
     )
-    model = efficientnet_lite("efficientnet_lite0").model
+    model = lite_network("efficientnet_lite0")
     rows = []
     for s in summaries:
         pairs = written[s["filter"]]

