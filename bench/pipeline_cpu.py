@@ -5,8 +5,9 @@ The same run measures:
 - model: EfficientNet-Lite0's least work for the method, two forward passes plus one
   forward/backward per image in batches of 8 on two threads, on inputs preprocessed
   before the clock starts (:func:`throughput.time_bound`), on two networks: as its package
-  publishes it, and as the built-in classifier runs it (batch norms folded into the
-  convolutions, channels-last);
+  publishes it (in a plain process), and as the built-in classifier runs it (batch norms
+  folded into the convolutions, channels-last, the command's allocator setting from
+  :mod:`adaptanon.engines.host_memory`);
 - ``adaptanon anonymize`` on the same photos as a user types it (default options:
   saliency box, blur, PNG; model load included), once per ``--workers`` value (default
   0, everything in the main process, and 1), each on two torch threads
@@ -39,16 +40,18 @@ REPEATS = 2
 jobs share stall now and then (a thread waits at a barrier for one that is not running)."""
 
 
-def model_seconds(paths: list[Path], batch: int) -> dict[str, float]:
-    """Seconds of two forwards + one forward/backward per image, batches of ``batch``, for
-    each reference network: ``published`` (EfficientNet-Lite0 as its package publishes it,
-    NCHW, batch norms as layers) and ``prepared`` (the network the built-in classifier
-    runs: batch norms folded, channels-last)."""
+def model_seconds(paths: list[Path], batch: int, network: str) -> float:
+    """Seconds of two forwards + one forward/backward per image, batches of ``batch``, on
+    ``network``: ``published`` (EfficientNet-Lite0 as its package publishes it, NCHW,
+    batch norms as layers, in a plain process) or ``prepared`` (the network the built-in
+    classifier runs, batch norms folded and channels-last, with the allocator setting of
+    the command's process)."""
     import torch
     from throughput import time_bound
 
     from adaptanon.classifiers import efficientnet_lite
     from adaptanon.classifiers.efficientnet_lite import lite_network
+    from adaptanon.engines import reuse_freed_memory
     from adaptanon.io import read_image, to_image
 
     torch.set_num_threads(THREADS)
@@ -56,16 +59,25 @@ def model_seconds(paths: list[Path], batch: int) -> dict[str, float]:
     images = [to_image(read_image(p)) for p in paths]
     with torch.no_grad():
         inputs = torch.cat([clf.inputs(images[i : i + 64]) for i in range(0, len(images), 64)])
-    seconds = {}
-    for name, network, x in (
-        ("published", lite_network("efficientnet_lite0"), inputs),
-        ("prepared", clf.model, inputs.contiguous(memory_format=torch.channels_last)),
-    ):
-        time_bound(network, x[:batch], batch, torch.device("cpu"))  # warm-up
-        seconds[name] = min(
-            time_bound(network, x, batch, torch.device("cpu")) for _ in range(REPEATS)
-        )
-    return seconds
+    if network == "published":
+        model = lite_network("efficientnet_lite0")
+    else:
+        reuse_freed_memory()
+        model, inputs = clf.model, inputs.contiguous(memory_format=torch.channels_last)
+    time_bound(model, inputs[:batch], batch, torch.device("cpu"))  # warm-up
+    return min(time_bound(model, inputs, batch, torch.device("cpu")) for _ in range(REPEATS))
+
+
+def reference_seconds(images: Path, limit: int, network: str) -> float:
+    """:func:`model_seconds` of ``network`` in a process of its own (the allocator setting
+    is per process)."""
+    import subprocess
+
+    cmd = [sys.executable, __file__, "--images", str(images), "--limit", str(limit)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(THREADS)}
+    done = subprocess.run([*cmd, "--reference", network], env=env, check=True,
+                          capture_output=True, text=True)  # fmt: skip
+    return float(json.loads(done.stdout.strip().splitlines()[-1])["seconds"])
 
 
 def engine_seconds(paths: list[Path]) -> float:
@@ -75,12 +87,13 @@ def engine_seconds(paths: list[Path]) -> float:
     import torch
 
     from adaptanon.classifiers import efficientnet_lite
-    from adaptanon.engines import run
+    from adaptanon.engines import reuse_freed_memory, run
     from adaptanon.io.images import InputImage
     from adaptanon.method import Settings
     from adaptanon.regions import parse_region_source
 
     torch.set_num_threads(THREADS)
+    reuse_freed_memory()  # as the command's process does
     clf = efficientnet_lite("efficientnet_lite0")
     items = [InputImage(p, Path(p.name)) for p in paths]
     times = []
@@ -115,11 +128,18 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=150)
     parser.add_argument("--workers", nargs="+", default=["0", "1"])
     parser.add_argument("--no-docs", action="store_true")
+    parser.add_argument("--reference", choices=["published", "prepared"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "bench"))
     paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))
     paths = paths[: args.limit]
-    model = model_seconds(paths, 8)
+    if args.reference:
+        print(json.dumps({"seconds": model_seconds(paths, 8, args.reference)}))
+        return
+    model = {
+        network: reference_seconds(args.images, args.limit, network)
+        for network in ("published", "prepared")
+    }
     engine = engine_seconds(paths)
     print(json.dumps({"engine_in_process_s": engine, "model_s": model}))
     rows = []
@@ -146,8 +166,9 @@ def main() -> None:
         f"(saliency box, blur, PNG), {THREADS} torch threads. *Model*: two forward passes "
         "and one forward/backward per image in batches of 8 on preprocessed inputs, in the "
         f"same run, on the network as its package publishes it ({published:.1f} s) and on "
-        f"the network the built-in classifier runs, batch norms folded and channels-last "
-        f"({prepared:.1f} s). *Ratio* = model seconds / command seconds (model load "
+        f"the network the built-in classifier runs, batch norms folded and channels-last, "
+        f"with the command's allocator setting ({prepared:.1f} s), each in a process of its "
+        "own. *Ratio* = model seconds / command seconds (model load "
         f"included in the command); each the fastest of {REPEATS} runs.",
         "",
         "| --workers | images | command s | ratio (published network) | ratio (prepared "

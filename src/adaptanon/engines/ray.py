@@ -27,6 +27,7 @@ import torch
 
 from adaptanon.classifiers import Classifier, load_classifier
 from adaptanon.engines.devices import resolve_device
+from adaptanon.engines.host_memory import reuse_freed_memory
 from adaptanon.engines.local import local_outcomes
 from adaptanon.engines.verify import Verify
 from adaptanon.engines.writer import Summary, describe_run, write_outputs
@@ -75,6 +76,7 @@ class AnonymizeActor:
         threads: int,
     ) -> None:
         torch.set_num_threads(max(1, threads))
+        reuse_freed_memory()
         self.classifier = model()
         self.source = source
         self.settings = settings

@@ -1,6 +1,7 @@
 """The engine's worker processes: a pool started with ``spawn`` (a forked copy of a
 process that has loaded torch, or holds a CUDA context, can deadlock), each worker
-running torch, OpenMP and OpenCV on one thread and leaving Ctrl-C to the main process.
+running torch, OpenMP and OpenCV on one thread, its allocator reusing freed memory
+(:mod:`.host_memory`), and leaving Ctrl-C to the main process.
 
 Stage A (:mod:`.reader`) and stage C (:mod:`.finishing`) share one pool: reading and
 finishing alternate, and each worker imports torch when it starts.
@@ -16,6 +17,8 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import torch
+
+from adaptanon.engines.host_memory import reuse_freed_memory
 
 AUTO_WORKERS_MIN_IMAGES = 64
 """``--workers auto`` starts workers only for at least this many images (eight default
@@ -43,6 +46,7 @@ def _start_worker(setup: Callable[..., None] | None, args: tuple[Any, ...]) -> N
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ.update({name: "1" for name in _THREAD_VARIABLES})  # for what it starts
     torch.set_num_threads(1)
+    reuse_freed_memory()
     try:
         import cv2
 
