@@ -160,6 +160,9 @@ def main() -> None:
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    from adaptanon.engines import reuse_freed_memory
+
+    reuse_freed_memory()  # as the command's processes and its workers do
     paths = sorted(p for p in args.images.iterdir() if p.suffix.lower() in (".jpeg", ".jpg"))
     paths = paths[: args.limit]
     with tempfile.TemporaryDirectory(prefix="adaptanon-bench-") as tmp:

@@ -94,8 +94,13 @@ def test_ssim_of_an_inverted_image_is_negative():
     assert region_ssim(x, 1 - x) < -0.5
 
 
-def test_ssim_matches_scikit_image(astronaut_large):
+@pytest.mark.parametrize("backend", ["opencv", "torch"])
+def test_ssim_matches_scikit_image(astronaut_large, backend, monkeypatch):
     metrics = pytest.importorskip("skimage.metrics")
+    if backend == "torch":
+        monkeypatch.setattr("adaptanon.method.metrics._cv2", lambda: None)
+    else:
+        pytest.importorskip("cv2")
     a = astronaut_large[:, 100:160, 150:230].double()
     gen = torch.Generator().manual_seed(1)
     b = (a + 0.05 * torch.randn(a.shape, generator=gen, dtype=torch.float64)).clamp(0, 1)

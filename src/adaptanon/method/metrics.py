@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 _C1 = 0.01**2
 _C2 = 0.03**2
-_LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
+_LAPLACIAN = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
 
 
 def region_psnr(reference: Tensor, other: Tensor, mask: Tensor) -> float | None:
@@ -89,18 +90,55 @@ def ssim_map(x: Tensor, y: Tensor, window: int = SSIM_WINDOW, sigma: float = SSI
     c = xs.shape[1]
     k = _window1d(window, sigma, xs)
     feats = torch.cat([xs, xs * xs, (xs[0] * xs[1])[None]])  # (5, C, H, W)
-    # One depthwise convolution per axis (a channel per map): torch's float64 path for
-    # single-channel convolutions is several times slower.
-    n = 5 * c
-    flat = feats.reshape(1, n, *feats.shape[-2:])
-    across = k.view(1, 1, 1, -1).expand(n, 1, 1, window).contiguous()
-    down = k.view(1, 1, -1, 1).expand(n, 1, window, 1).contiguous()
-    flat = F.conv2d(F.conv2d(flat, across, groups=n), down, groups=n)
+    flat = valid_filter(feats.reshape(5 * c, *feats.shape[-2:]), k[None], k[:, None])
     mx, my, sxx, syy, sxy = flat.reshape(5, c, *flat.shape[-2:])
     vx, vy, cov = sxx - mx * mx, syy - my * my, sxy - mx * my
     num = (2 * mx * my + _C1) * (2 * cov + _C2)
     den = (mx * mx + my * my + _C1) * (vx + vy + _C2)
     return num / den
+
+
+def valid_filter(maps: Tensor, *kernels: Tensor) -> Tensor:
+    """Correlate each of ``N`` float64 maps ``(N, H, W)`` with the 2-D ``kernels`` in turn
+    (each ``(kh, kw)``), keeping only outputs whose windows lie inside:
+    ``(N, H - sum(kh - 1), W - sum(kw - 1))``.
+
+    On the CPU with OpenCV installed each map goes through ``cv2.filter2D`` (4x faster
+    than torch's float64 convolutions, which have no vectorised kernel); otherwise one
+    depthwise convolution per kernel. Both add the same products in float64: they agree to
+    about 1e-15.
+    """
+    if maps.dim() != 3 or maps.dtype != torch.float64:
+        raise ValueError(f"expected (N, H, W) float64 maps, got {tuple(maps.shape)} {maps.dtype}")
+    cv2 = _cv2() if maps.device.type == "cpu" else None
+    if cv2 is not None:
+        planes = maps.detach().contiguous().numpy()
+        for kernel in kernels:
+            kh, kw = kernel.shape
+            weights = kernel.cpu().numpy()
+            planes = np.stack(
+                [
+                    cv2.filter2D(p, -1, weights, anchor=(0, 0))[
+                        : p.shape[0] - kh + 1, : p.shape[1] - kw + 1
+                    ]
+                    for p in planes
+                ]
+            )
+        return torch.from_numpy(planes)
+    n = maps.shape[0]
+    out = maps[None]
+    for kernel in kernels:
+        weights = kernel.to(maps)[None, None].expand(n, 1, *kernel.shape).contiguous()
+        out = F.conv2d(out, weights, groups=n)
+    return out[0]
+
+
+def _cv2() -> Any:
+    try:
+        import cv2
+    except ImportError:
+        return None
+    return cv2
 
 
 def _masked_mean(values: Tensor, centres: Tensor) -> float:
@@ -141,10 +179,9 @@ def laplacian(image: Tensor) -> Tensor:
     ``(C, H - 2, W - 2)`` (empty when ``H`` or ``W`` < 3)."""
     x = image.double()
     c, h, w = x.shape
-    k = _LAPLACIAN.to(x).view(1, 1, 3, 3).expand(c, 1, 3, 3).contiguous()
     if h < 3 or w < 3:
         return x.new_zeros(c, max(0, h - 2), max(0, w - 2))
-    return F.conv2d(x.reshape(1, c, h, w), k, groups=c).reshape(c, h - 2, w - 2)
+    return valid_filter(x, _LAPLACIAN)
 
 
 def region_detail(reference: Tensor, other: Tensor, mask: Tensor | None = None) -> float | None:
