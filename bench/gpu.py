@@ -60,7 +60,7 @@ from adaptanon.classifiers.efficientnet_lite import (  # noqa: E402
     lite_network,
 )
 from adaptanon.classifiers.precision import model_call  # noqa: E402
-from adaptanon.engines import resolve_device  # noqa: E402
+from adaptanon.engines import resolve_device, reuse_freed_memory  # noqa: E402
 from adaptanon.io import collect_inputs, read_image, to_image  # noqa: E402
 from adaptanon.method import Blur, Mask, Settings  # noqa: E402
 from adaptanon.method.filters import Filter, anonymize  # noqa: E402
@@ -216,6 +216,7 @@ def main() -> None:
     n_small = args.n_small or max(1, args.n // 10)
     if args.threads:
         torch.set_num_threads(args.threads)
+    reuse_freed_memory()  # the model stage and its bound run as in the command's process
     folder = photo_folder(args.photos)
     photos = [item.path for item in collect_inputs([str(folder)])][: args.distinct]
     work = Path(args.work)

