@@ -115,10 +115,10 @@ def valid_filter(maps: Tensor, *kernels: Tensor) -> Tensor:
         planes = maps.detach().contiguous().numpy()
         for kernel in kernels:
             kh, kw = kernel.shape
-            weights = kernel.cpu().numpy()
+            taps = kernel.cpu().numpy()
             planes = np.stack(
                 [
-                    cv2.filter2D(p, -1, weights, anchor=(0, 0))[
+                    cv2.filter2D(p, -1, taps, anchor=(0, 0))[
                         : p.shape[0] - kh + 1, : p.shape[1] - kw + 1
                     ]
                     for p in planes
