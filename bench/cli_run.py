@@ -23,20 +23,43 @@ def run_anonymize(
     """Run ``adaptanon anonymize INPUTS -o OUT OPTIONS`` from the repository root (with
     ``OMP_NUM_THREADS=threads`` when given); returns (manifest records, seconds, the
     command as a user types it). Exits on a usage error or crash (exit code not 0 or 1)."""
+    records, seconds, command, _ = run_anonymize_usage(inputs, out, options, threads)
+    return records, seconds, command
+
+
+PEAK_RSS = (
+    "import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+    "sys.exit(code)"
+)
+"""Runs a command and prints, as the last line of its stderr, the peak resident size in KiB
+of the largest process among it and its children (Linux's ``ru_maxrss``)."""
+
+
+def run_anonymize_usage(
+    inputs: list[str],
+    out: Path,
+    options: list[str],
+    threads: int | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[list[dict], float, str, float]:
+    """:func:`run_anonymize` with ``env`` added to the command's environment; also returns
+    the peak resident memory in MiB of its largest process (the command or a worker)."""
     cmd = ["adaptanon", "anonymize", *inputs, "-o", shown(out), *options]
-    env = dict(os.environ)
+    environment = {**os.environ, **(env or {})}
     if threads is not None:
-        env["OMP_NUM_THREADS"] = str(threads)
+        environment["OMP_NUM_THREADS"] = str(threads)
     start = time.perf_counter()
     proc = subprocess.run(
-        [str(ROOT / ".venv/bin/adaptanon"), *cmd[1:]],
+        [sys.executable, "-c", PEAK_RSS, str(ROOT / ".venv/bin/adaptanon"), *cmd[1:]],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env=env,
+        env=environment,
     )
     seconds = time.perf_counter() - start
     if proc.returncode not in (0, 1):
         sys.exit(f"command failed: {' '.join(cmd)}\n{proc.stderr}")
+    peak_mib = int(proc.stderr.strip().splitlines()[-1]) / 1024
     lines = (out / "manifest.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines], seconds, " ".join(cmd)
+    return [json.loads(line) for line in lines], seconds, " ".join(cmd), peak_mib

@@ -40,3 +40,11 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again():
     pages = (40 << 20) // 4096
     assert plain["faults"] > pages // 2  # each new block is mapped and faulted in afresh
     assert reused["faults"] < pages // 20
+
+
+def test_the_environment_switch_leaves_the_allocator_alone(monkeypatch):
+    """With the switch at 0 nothing is set (probed in a process of its own)."""
+    monkeypatch.setenv("ADAPTANON_REUSE_FREED_MEMORY", "0")
+    off = probe("on")
+    assert not off["applied"]
+    assert off["faults"] > (40 << 20) // 4096 // 2

@@ -4,20 +4,21 @@ glibc serves every allocation above its mmap threshold (at most 32 MiB by defaul
 fresh ``mmap`` and gives it back with ``munmap`` when freed. A CPU model's activations at
 batch 8 are such blocks (EfficientNet-Lite0's first layers: 38 MiB each), so every layer
 of every pass page-faults its output in again, and element-wise layers then run at the
-speed of the kernel's page zeroing rather than of memory: on a 2-core x86_64 machine a
-ReLU6 over one such block took 10 ms instead of 3, and Lite0's forward/backward 1.4x
-longer. PyTorch's CPU tuning guide gives the same cause for preloading jemalloc or
-tcmalloc; :func:`reuse_freed_memory` gets the effect from glibc itself with ``mallopt``.
+speed of the kernel's page zeroing rather than of memory. PyTorch's CPU tuning guide gives
+the same cause for preloading jemalloc or tcmalloc; :func:`reuse_freed_memory` gets the
+effect from glibc itself with ``mallopt``.
 
-The cost is memory: what the process freed stays mapped (up to
-:data:`KEEP_FREED_BYTES` at the top of the heap), and blocks below
-:data:`MMAP_THRESHOLD_BYTES` come from the heap, so its resident size stays near its peak.
+The cost is memory: what the process freed stays mapped (up to :data:`KEEP_FREED_BYTES` at
+the top of the heap), and blocks below :data:`MMAP_THRESHOLD_BYTES` come from the heap, so
+its resident size stays near its peak, and the heap's fragments raise that peak on large
+photos. ``bench/host_memory.py`` measures both sides; ``ADAPTANON_REUSE_FREED_MEMORY=0``
+in the environment turns the setting off.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
+import os
 import sys
 
 MMAP_THRESHOLD_BYTES = 256 << 20
@@ -27,6 +28,9 @@ float32 is 288 MiB): kept, they would hold the most memory for the least gain.""
 KEEP_FREED_BYTES = 1 << 30
 """Free memory at the heap's top the process keeps instead of returning it."""
 
+ENVIRONMENT_SWITCH = "ADAPTANON_REUSE_FREED_MEMORY"
+"""Set to ``0`` in the environment, :func:`reuse_freed_memory` changes nothing."""
+
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _applied = False
@@ -35,16 +39,15 @@ _applied = False
 def reuse_freed_memory() -> bool:
     """Set this process's glibc allocator to keep and reuse freed blocks below
     :data:`MMAP_THRESHOLD_BYTES` (see the module's text). Returns whether it is in effect:
-    False off Linux or without glibc, where nothing changes. Idempotent."""
+    False off Linux, without glibc, or with :data:`ENVIRONMENT_SWITCH` set to ``0``, where
+    nothing changes. Idempotent."""
     global _applied
     if _applied:
         return True
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or os.environ.get(ENVIRONMENT_SWITCH) == "0":
         return False
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library Python itself runs on
     except (OSError, AttributeError):  # musl and others have no mallopt
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
