@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 $PY bench/throughput.py
 $PY bench/pipeline_cpu.py --limit 150
+$PY bench/host_memory.py --limit 150
 OMP_NUM_THREADS=1 $PY bench/host_stages.py
 OMP_NUM_THREADS=1 $PY bench/codecs.py
 OMP_NUM_THREADS=1 $PY bench/large_photos.py
