@@ -24,7 +24,7 @@ import torch
 from docs_section import update_section
 
 from adaptanon.classifiers import efficientnet_lite
-from adaptanon.engines import default_batch_size, resolve_device
+from adaptanon.engines import default_batch_size, resolve_device, reuse_freed_memory
 from adaptanon.io import collect_inputs, read_image, to_image
 from adaptanon.method import Blur, Settings, process_batch
 from adaptanon.regions import SaliencyBox
@@ -84,6 +84,7 @@ def main() -> None:
     parser.add_argument("--no-docs", action="store_true", help="print only, leave docs alone")
     args = parser.parse_args()
     device = resolve_device(args.device)
+    reuse_freed_memory()  # the pipeline, the bound and the loop all run as in the command
     batch = args.batch_size or (256 if device.type == "cuda" else default_batch_size(device))
     items = collect_inputs([args.images])[: args.limit]
     images = [to_image(read_image(item.path), device) for item in items]
