@@ -50,11 +50,13 @@ def child(megapixels: float, windowed: bool, max_steps: int, repeats: int) -> di
     import torch
 
     from adaptanon.classifiers import efficientnet_lite
+    from adaptanon.engines import reuse_freed_memory
     from adaptanon.method import Blur, GradientSolver, SameClass, Settings, process_batch
     from adaptanon.method.solvers import region
     from adaptanon.regions import ExplicitBoxes
 
     torch.set_num_threads(1)
+    reuse_freed_memory()  # as the command's process does
     region.WINDOWED = windowed
     clf = efficientnet_lite("efficientnet_lite0")
     image = photo(megapixels)
