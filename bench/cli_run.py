@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,13 +26,15 @@ def run_anonymize(
     return records, seconds, command
 
 
-PEAK_RSS = (
-    "import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
-    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+TIMED = (
+    "import resource, subprocess, sys, time; start = time.perf_counter(); "
+    "code = subprocess.call(sys.argv[1:]); seconds = time.perf_counter() - start; "
+    "print(seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
     "sys.exit(code)"
 )
-"""Runs a command and prints, as the last line of its stderr, the peak resident size in KiB
-of the largest process among it and its children (Linux's ``ru_maxrss``)."""
+"""Runs a command and prints, as the last line of its stderr, its wall seconds (this
+wrapper's own start-up not included) and the peak resident size in KiB of the largest
+process among it and its children (Linux's ``ru_maxrss``)."""
 
 
 def run_anonymize_usage(
@@ -49,17 +50,16 @@ def run_anonymize_usage(
     environment = {**os.environ, **(env or {})}
     if threads is not None:
         environment["OMP_NUM_THREADS"] = str(threads)
-    start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-c", PEAK_RSS, str(ROOT / ".venv/bin/adaptanon"), *cmd[1:]],
+        [sys.executable, "-c", TIMED, str(ROOT / ".venv/bin/adaptanon"), *cmd[1:]],
         capture_output=True,
         text=True,
         cwd=ROOT,
         env=environment,
     )
-    seconds = time.perf_counter() - start
     if proc.returncode not in (0, 1):
         sys.exit(f"command failed: {' '.join(cmd)}\n{proc.stderr}")
-    peak_mib = int(proc.stderr.strip().splitlines()[-1]) / 1024
+    seconds_text, kib = proc.stderr.strip().splitlines()[-1].split()
+    seconds, peak_mib = float(seconds_text), int(kib) / 1024
     lines = (out / "manifest.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines], seconds, " ".join(cmd), peak_mib
