@@ -21,7 +21,7 @@ else
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$out/gpu.txt" 2>&1
 timeout 150 python3 -m pytest -q -p no:cacheprovider --device "$device" \
-    tests/test_device_engine.py tests/test_api.py 2>&1 | tee "$out/pytest.log" | tail -5
+    tests/test_device_engine.py tests/test_api.py tests/test_folding.py 2>&1 | tee "$out/pytest.log" | tail -5
 photos=.gpu_photos
 [ -d "$photos" ] || photos=
 timeout 420 python3 bench/gpu.py --device "$device" --n "$n" ${photos:+--photos "$photos"} \
