@@ -122,7 +122,7 @@ def test_png_files_hold_exactly_their_pixels_with_or_without_the_fast_codecs(mon
     # Whoever wrote it (fpng when adaptanon[fast] is installed), Pillow reads the pixels.
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(fast)).convert("RGB")), px)
     assert np.array_equal(Codec("png").decode(fast), px)
-    monkeypatch.setattr(codecs, "_optional", lambda module: None)
+    monkeypatch.setattr(codecs, "optional_module", lambda module: None)
     plain = Codec("png").encode(px)
     assert np.array_equal(Codec("png").decode(plain), px)
     assert np.array_equal(Codec("png").decode(fast), px)

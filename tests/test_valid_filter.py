@@ -14,7 +14,7 @@ BACKENDS = ["opencv", "torch"]
 @pytest.fixture(params=BACKENDS)
 def backend(request, monkeypatch):
     if request.param == "torch":
-        monkeypatch.setattr(metrics, "_cv2", lambda: None)
+        monkeypatch.setattr(metrics, "optional_module", lambda module: None)
     else:
         pytest.importorskip("cv2")
     return request.param
@@ -58,7 +58,7 @@ def test_the_backends_agree_on_random_maps(monkeypatch):
     maps = torch.rand(4, 37, 53, generator=gen, dtype=torch.float64)
     k = torch.rand(11, generator=gen, dtype=torch.float64)
     fast = valid_filter(maps, k[None], k[:, None])
-    monkeypatch.setattr(metrics, "_cv2", lambda: None)
+    monkeypatch.setattr(metrics, "optional_module", lambda module: None)
     plain = valid_filter(maps, k[None], k[:, None])
     torch.testing.assert_close(fast, plain, rtol=0, atol=1e-13)
 

@@ -1,12 +1,12 @@
 """Batch norm folded into the convolution before it, for inference.
 
 In eval mode a ``BatchNorm2d`` is a per-channel affine map of its input, so a convolution
-followed by it equals one convolution with scaled weights and a shifted bias. On the CPU
-the built-in models spend about as long in batch norm (forward and backward) and its
-memory traffic as in their convolutions; folded, the forward/backward the correction runs
-is about 1.7x faster (EfficientNet-Lite0, batch 8). Logits move by float rounding only
-(about 1e-5 for Lite0), below the default criterion's margin (:mod:`adaptanon.method`'s
-``DEFAULT_MARGIN``), which exists for such noise between conv algorithms and batch sizes.
+followed by it equals one convolution with scaled weights and a shifted bias. Folded, a
+model runs one layer instead of two, and its backward pass (the correction's gradients)
+skips the batch norm's memory-bound backward as well (``bench/pipeline_cpu.py`` measures
+the built-in model both ways). Logits move by float rounding only, far below the default
+criterion's margin (:mod:`adaptanon.method.criteria`'s ``DEFAULT_MARGIN``), which exists
+for such noise between conv algorithms and batch sizes (``tests/test_folding.py``).
 
 The pairs are found by tracing the module with ``torch.fx`` (convolutions and batch norms
 as leaves); the module keeps its own ``forward``: only weights change and each folded

@@ -40,7 +40,7 @@ def to_image(pixels: np.ndarray, device: torch.device | str = "cpu") -> Tensor:
 
 
 @cache
-def _optional(module: str) -> Any:
+def optional_module(module: str) -> Any:
     """``module`` imported, or None when it is not installed (``adaptanon[fast]``)."""
     try:
         return importlib.import_module(module)
@@ -51,7 +51,7 @@ def _optional(module: str) -> Any:
 def _fast_png_encode(pixels: np.ndarray) -> bytes | None:
     """``(H, W, 3)`` uint8 pixels as a PNG file by fpng; None without fpng, or when it
     declines the image (then Pillow writes it)."""
-    fpng = _optional("fpng")
+    fpng = optional_module("fpng")
     if fpng is None or pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
         return None
     try:
@@ -64,7 +64,7 @@ def _fast_png_encode(pixels: np.ndarray) -> bytes | None:
 def _fast_png_decode(data: bytes) -> np.ndarray | None:
     """A PNG file's ``(H, W, 3)`` uint8 pixels by libspng; None without it, or when the
     file is not 8-bit RGB (then Pillow reads it)."""
-    spng = _optional("pyspng")
+    spng = optional_module("pyspng")
     if spng is None:
         return None
     try:

@@ -66,8 +66,8 @@ def gaussian_blur(image: Tensor, ksize: int, sigma: float) -> Tensor:
     # Channels as batch entries: a one-channel convolution is faster than a grouped one.
     x = F.pad(batched.reshape(b * c, 1, h, w), (pad, pad, pad, pad), mode=mode)
     if x.device.type == "cpu":
-        # oneDNN compiles a kernel for every new input shape (about 10 ms, more than a
-        # small blur costs), and regions come in every size: zeros up to a multiple of
+        # oneDNN compiles a kernel for every new input shape (which costs more than a
+        # small blur), and regions come in every size: zeros up to a multiple of
         # BLUR_SHAPE_STEP keep a run to a few shapes. They reach only outputs cut off below.
         x = F.pad(x, (0, -x.shape[-1] % BLUR_SHAPE_STEP, 0, -x.shape[-2] % BLUR_SHAPE_STEP))
     x = F.conv2d(F.conv2d(x, k.view(1, 1, 1, ksize)), k.view(1, 1, ksize, 1))

@@ -24,13 +24,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from adaptanon.io.codecs import optional_module
 from adaptanon.records import Box
 from adaptanon.regions import region_mask
 
@@ -103,14 +103,14 @@ def valid_filter(maps: Tensor, *kernels: Tensor) -> Tensor:
     (each ``(kh, kw)``), keeping only outputs whose windows lie inside:
     ``(N, H - sum(kh - 1), W - sum(kw - 1))``.
 
-    On the CPU with OpenCV installed each map goes through ``cv2.filter2D`` (4x faster
-    than torch's float64 convolutions, which have no vectorised kernel); otherwise one
-    depthwise convolution per kernel. Both add the same products in float64: they agree to
-    about 1e-15.
+    On the CPU with OpenCV installed each map goes through ``cv2.filter2D`` (vectorised in
+    float64, where torch's convolutions are not; ``bench/host_stages.py`` measures the
+    metrics); otherwise one depthwise convolution per kernel. Both add the same products in
+    float64, in different orders: they agree to about 1e-15.
     """
     if maps.dim() != 3 or maps.dtype != torch.float64:
         raise ValueError(f"expected (N, H, W) float64 maps, got {tuple(maps.shape)} {maps.dtype}")
-    cv2 = _cv2() if maps.device.type == "cpu" else None
+    cv2 = optional_module("cv2") if maps.device.type == "cpu" else None
     if cv2 is not None:
         planes = maps.detach().contiguous().numpy()
         for kernel in kernels:
@@ -131,14 +131,6 @@ def valid_filter(maps: Tensor, *kernels: Tensor) -> Tensor:
         weights = kernel.to(maps)[None, None].expand(n, 1, *kernel.shape).contiguous()
         out = F.conv2d(out, weights, groups=n)
     return out[0]
-
-
-def _cv2() -> Any:
-    try:
-        import cv2
-    except ImportError:
-        return None
-    return cv2
 
 
 def _masked_mean(values: Tensor, centres: Tensor) -> float:

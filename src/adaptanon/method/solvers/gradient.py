@@ -317,7 +317,8 @@ def pull_back(output: Tensor, leaves: list[Tensor], grad: Tensor) -> tuple[Tenso
     """``grad`` (shaped as ``output``) pulled back through ``output``'s graph to each of
     ``leaves`` (None where it does not reach): the gradient of ``sum(output * grad)``,
     the same values as ``autograd.grad(output, leaves, grad)``, which makes torch import
-    sympy (0.3 s) the first time it is called in a process."""
+    sympy (a noticeable part of a short run's start-up) the first time it is called in a
+    process."""
     return torch.autograd.grad((output * grad).sum(), leaves, allow_unused=True)
 
 
