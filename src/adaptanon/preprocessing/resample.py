@@ -4,12 +4,13 @@ A resize that works on 8-bit images is two one-axis passes. Each output sample o
 is a weighted sum of a few input samples (its *taps*), after which the library rounds in
 its own way. :class:`Taps` holds one axis's taps; :func:`linear_pass` computes the
 weighted sums exactly (integer-valued fixed-point weights make every float64 partial sum
-exact, so the order of summation does not matter) and the backends (:mod:`.pil_filters`,
+exact, so the order of summation does not matter) and the backends (Pillow's, below;
 :mod:`.opencv`) add their rounding, with a straight-through gradient
 (:func:`straight_through`): the gradient is that of the weighted sums.
 
-Pillow's filters (``Resample.c``) live here too: :func:`pil_taps` generalises the bilinear
-taps of :mod:`.pil` to box, hamming, bicubic and lanczos, and :func:`pil_nearest_taps` is
+Pillow's filters (``Resample.c``) live here too, the one implementation of Pillow's
+resampling (:mod:`.pil` and :mod:`.spec` use it): :func:`pil_taps` gives the taps of box,
+bilinear, hamming, bicubic and lanczos, and :func:`pil_nearest_taps` is
 ``Image.resize(..., NEAREST)`` (an affine transform with 16.16 fixed-point coordinates).
 
 Images are ``(C, H, W)`` float64 tensors of 8-bit values (0..255) unless said otherwise.
