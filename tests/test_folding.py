@@ -139,6 +139,37 @@ def test_a_conv_subclass_with_its_own_forward_is_one_leaf():
     torch.testing.assert_close(folded(x), plain(x), rtol=1e-12, atol=1e-12)
 
 
+class StandardisedConv(nn.Conv2d):
+    """A convolution that standardises its weight in ``forward`` (as timm's StdConv2d):
+    scaling the weight, as folding does, would be undone."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        w = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / w.std(dim=(1, 2, 3), keepdim=True)
+        return self._conv_forward(x, w, self.bias)
+
+
+class ActivatedConv(nn.Conv2d):
+    """A convolution with a ReLU inside its ``forward``: a batch norm after it does not
+    commute with the ReLU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(super().forward(x))
+
+
+@pytest.mark.parametrize("conv_class", [StandardisedConv, ActivatedConv])
+def test_a_conv_that_is_more_than_a_convolution_is_not_folded(conv_class):
+    torch.manual_seed(0)
+    model = nn.Sequential(conv_class(3, 4, 3, padding=1), trained_bn(4, 8)).eval()
+    plain = nn.Sequential(conv_class(3, 4, 3, padding=1), trained_bn(4, 8)).eval()
+    plain.load_state_dict(model.state_dict())
+    assert conv_bn_pairs(model) == [("0", "1")]  # the graph alone would fold it
+    assert fold_batch_norms(model) == 0 and isinstance(model[1], nn.BatchNorm2d)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(x), plain(x))
+
+
 @pytest.mark.parametrize(("stride", "moved"), [(1, 1), (2, 0)])
 def test_same_padding_moves_into_the_conv_only_when_symmetric(stride, moved):
     from efficientnet_lite_pytorch.utils import Conv2dStaticSamePadding

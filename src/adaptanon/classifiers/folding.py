@@ -16,6 +16,9 @@ batch norm becomes an ``nn.Identity``. The arithmetic is torch's
 
 from __future__ import annotations
 
+import copy
+
+import torch
 from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
@@ -68,6 +71,10 @@ def fold_batch_norms(model: nn.Module) -> int:
     returns how many were folded. The parameters keep their dtype, device and
     ``requires_grad``.
 
+    A convolution class with its own ``forward`` may do more than convolve with its
+    weight (standardise it, add an activation), so each pair is folded only after the
+    folded convolution gave the pair's output on a random probe (:func:`_same_function`).
+
     Raises:
         ValueError: ``model`` is in training mode (batch norm then uses batch statistics).
     """
@@ -83,7 +90,30 @@ def fold_batch_norms(model: nn.Module) -> int:
         weight, bias = fuse_conv_bn_weights(
             conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
         )
+        candidate = copy.deepcopy(conv)
+        candidate.weight, candidate.bias = weight, bias
+        if not _same_function(conv, bn, candidate):
+            continue
         conv.weight, conv.bias = weight, bias
         model.set_submodule(bn_name, nn.Identity())
         folded += 1
     return folded
+
+
+def _same_function(conv: nn.Conv2d, bn: nn.BatchNorm2d, folded: nn.Conv2d) -> bool:
+    """Whether ``folded`` gives ``bn(conv(x))`` on a seeded random ``x`` (one image, a
+    little more than a kernel's reach square), to float rounding; False when the probe
+    cannot run."""
+    weight = conv.weight
+    side = max(conv.kernel_size) * max(conv.stride) + 2
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn(1, conv.in_channels, side, side, generator=generator)
+    probe = probe.to(weight.device, weight.dtype)
+    try:
+        with torch.no_grad():
+            expected, got = bn(conv(probe)), folded(probe)
+    except Exception:  # noqa: BLE001 - a module that cannot take the probe is left alone
+        return False
+    scale = float(expected.abs().max()) + 1.0
+    tolerance = (1e-4 if weight.dtype in (torch.float32, torch.float64) else 1e-2) * scale
+    return expected.shape == got.shape and bool((expected - got).abs().max() <= tolerance)
