@@ -26,6 +26,14 @@ def run_anonymize(
     return records, seconds, command
 
 
+def status_counts(records: list[dict]) -> dict[str, int]:
+    """How many manifest records have each status, in order of first appearance."""
+    counts: dict[str, int] = {}
+    for record in records:
+        counts[record["status"]] = counts.get(record["status"], 0) + 1
+    return counts
+
+
 TIMED = (
     "import resource, subprocess, sys, time; start = time.perf_counter(); "
     "code = subprocess.call(sys.argv[1:]); seconds = time.perf_counter() - start; "

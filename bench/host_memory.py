@@ -54,7 +54,7 @@ def large_photos(data: Path, folder: Path) -> list[Path]:
 
 def measure(paths: list[Path], reuse: bool, repeats: int) -> dict:
     """Fastest of ``repeats`` runs of the command on ``paths``: seconds, peak MiB, statuses."""
-    from cli_run import run_anonymize_usage
+    from cli_run import run_anonymize_usage, status_counts
 
     runs = []
     for _ in range(repeats):
@@ -63,10 +63,7 @@ def measure(paths: list[Path], reuse: bool, repeats: int) -> dict:
                 [str(p.resolve()) for p in paths], Path(folder) / "out", ["-q"], THREADS,
                 {SWITCH: "1" if reuse else "0"},
             )  # fmt: skip
-        counts: dict[str, int] = {}
-        for record in records:
-            counts[record["status"]] = counts.get(record["status"], 0) + 1
-        runs.append({"seconds": seconds, "peak_mib": peak, "statuses": counts})
+        runs.append({"seconds": seconds, "peak_mib": peak, "statuses": status_counts(records)})
     return min(runs, key=lambda run: run["seconds"])
 
 

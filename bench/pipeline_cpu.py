@@ -109,15 +109,13 @@ def engine_seconds(paths: list[Path]) -> float:
 def command_seconds(paths: list[Path], workers: str) -> tuple[float, dict[str, int], str]:
     """Wall seconds of ``adaptanon anonymize PATHS --workers W``, its status counts, and
     the command as typed."""
-    from cli_run import run_anonymize
+    from cli_run import run_anonymize, status_counts
 
     with tempfile.TemporaryDirectory(prefix="adaptanon-bench-") as folder:
         inputs = [str(p.resolve()) for p in paths]
         options = ["--workers", workers, "-q"]
         records, seconds, _ = run_anonymize(inputs, Path(folder) / "out", options, THREADS)
-    counts: dict[str, int] = {}
-    for record in records:
-        counts[record["status"]] = counts.get(record["status"], 0) + 1
+    counts = status_counts(records)
     shown = f"OMP_NUM_THREADS={THREADS} adaptanon anonymize <{len(paths)} photos> -o OUT --workers {workers}"
     return seconds, counts, shown
 
