@@ -41,9 +41,17 @@ from PIL import Image
 from skimage import data
 
 from adaptanon.classifiers import load_classifier
-from adaptanon.engines.video import find_tracked, frame_name
+from adaptanon.engines.video import VideoOptions, find_tracked
 from adaptanon.io.codecs import to_image
-from adaptanon.io.video import VideoCodec, audio_packets, make_clip, read_video, write_video
+from adaptanon.io.video import (
+    VideoCodec,
+    audio_packets,
+    encode_segment,
+    iter_frames,
+    make_clip,
+    probe_video,
+    read_video,
+)
 from adaptanon.regions import DetectorOptions, RegionQuery, parse_region_source
 from adaptanon.regions.tracking import coverage
 
@@ -146,21 +154,21 @@ def one_size(height: int, seconds: float, device: str, work: Path, classifier) -
 
     # Baselines, in this run: the detector alone, and decoding + encoding alone.
     detector = parse_region_source("faces", DetectorOptions(device=device))
-    names = [frame_name(clip_path.name, t) for t in range(n)]
     start = time.perf_counter()
-    find_tracked(classifier, detector, names, clip.frames, hold=5, batch_size=BATCH)
+    size = (clip.width, clip.height)
+    find_tracked(classifier, detector, clip_path.name, iter_frames(clip_path), VideoOptions(), size)
     detector_fps = n / (time.perf_counter() - start)
     del detector, frames
     gc.collect()
     rows = []
     for name, options in (
-        ("lossless (FFV1)", []),
-        ("lossy (H.264 CRF 23)", ["--video-codec", "h264", "--crf", "23"]),
+        ("lossless (FFV1)", ["--video-codec", "ffv1"]),
+        ("lossy (H.264 CRF 18, the default)", []),
     ):
-        codec = VideoCodec("h264", crf=23) if options else VideoCodec()
+        codec = VideoCodec() if not options else VideoCodec("ffv1")
         start = time.perf_counter()
         again = read_video(clip_path)
-        write_video(clip_path, again, again.frames, codec)
+        encode_segment(again.frames, again.pts, probe_video(clip_path), codec)
         del again
         codec_fps = n / (time.perf_counter() - start)
         out = work / f"out{height}-{codec.name}"

@@ -1,5 +1,7 @@
-"""Videos: timing and audio kept, tracked regions held over missed frames, the decision
-checked on the decoded file (lossless exactly, lossy by rounds), bad files contained."""
+"""Videos: frames streamed in closed segments, timing, rotation and audio kept, tracked
+regions held over missed frames, the decision checked on each decoded segment (lossless
+exactly, lossy by rounds), a stopped run resumed at its first unfinished segment, failures
+per frame, bad files contained."""
 
 from __future__ import annotations
 
@@ -17,11 +19,22 @@ import tiny_factory  # noqa: E402
 from skimage import data  # noqa: E402
 
 from adaptanon.cli import main  # noqa: E402
-from adaptanon.engines.video import VideoOptions, frame_ranges, process_clip  # noqa: E402
+from adaptanon.engines.video import (  # noqa: E402
+    VideoOptions,
+    VideoRecord,
+    WorkArea,
+    anonymize_video,
+    frame_ranges,
+    per_frame,
+)
+from adaptanon.io import InputImage  # noqa: E402
 from adaptanon.io.video import (  # noqa: E402
     VideoCodec,
     audio_packets,
+    iter_frames,
     make_clip,
+    packet_times,
+    probe_video,
     read_video,
 )
 from adaptanon.method.criteria import SameClass  # noqa: E402
@@ -64,6 +77,32 @@ def records(out: Path) -> dict[str, dict]:
     return {Path(json.loads(line)["input"]).name: json.loads(line) for line in lines}
 
 
+def process(
+    src: Path,
+    source: ExplicitBoxes,
+    settings: Settings,
+    options: VideoOptions,
+    root: Path,
+    classifier: object | None = None,
+    on_frames: object | None = None,
+) -> tuple[VideoRecord, Path]:
+    """One video through the engine (its work area and output under ``root``)."""
+    item = InputImage(src, Path(src.name))
+    work = WorkArea(root / "work", item, {"test": True})
+    record, written = anonymize_video(
+        classifier or tiny_factory.make(), source, settings, item, options, work,
+        root / "out" / src.name, on_frames=on_frames,  # type: ignore[arg-type]
+    )  # fmt: skip
+    assert written is not None
+    return record, written
+
+
+def classes_of(classifier, frames: list[np.ndarray]) -> torch.Tensor:
+    with torch.no_grad():
+        images = [torch.from_numpy(f).permute(2, 0, 1).float() / 255 for f in frames]
+        return classifier.forward(classifier.inputs(images))
+
+
 def boxes_file(tmp_path: Path, name: str, frames_with_face: list[int]) -> Path:
     path = tmp_path / "boxes.json"
     path.write_text(json.dumps({f"{name}#{i}": [list(FACE)] for i in frames_with_face}))
@@ -75,7 +114,7 @@ def test_lossless_keeps_frames_times_audio_and_decodes_to_the_verified_pixels(cl
     boxes = boxes_file(tmp_path, src.name, list(range(8)))
     code, output = run_cli(
         "anonymize", src, "-o", tmp_path / "out", "--model", "tiny_factory:make",
-        "--regions", f"boxes={boxes}", "--filter", "mask",
+        "--regions", f"boxes={boxes}", "--filter", "mask", "--video-codec", "ffv1",
     )  # fmt: skip
     assert code == 0, output
     rec = records(tmp_path / "out")["clip.mp4"]
@@ -95,18 +134,91 @@ def test_lossless_keeps_frames_times_audio_and_decodes_to_the_verified_pixels(cl
         assert np.all(after[y0:y1, x0:x1] == after[y0, x0])  # the mask fills the face
 
 
-def test_process_clip_lossless_output_equals_the_verified_frames(clips):
+def test_lossless_segments_join_to_the_verified_frames(clips, tmp_path):
     src = clips["silent"]
-    clip = read_video(src)
     source = ExplicitBoxes({f"silent.mkv#{i}": [list(FACE)] for i in range(6)})
-    result = process_clip(
-        tiny_factory.make(), source, Settings(), "silent.mkv", src, clip, VideoOptions()
+    options = VideoOptions(VideoCodec("ffv1"), segment_seconds=0.12)  # 3 frames at 25 fps
+    record, written = process(src, source, Settings(filter=Mask()), options, tmp_path)
+    assert record.status.ok and record.segments == 2 and record.frame_count == 6
+    original, decoded = read_video(src), read_video(written)
+    assert decoded.pts == original.pts
+    x0, y0, x1, y1 = FACE
+    for before, after in zip(original.frames, decoded.frames, strict=True):
+        outside = np.ones(before.shape[:2], bool)
+        outside[y0:y1, x0:x1] = False
+        assert np.array_equal(before[outside], after[outside])
+        assert np.all(after[y0:y1, x0:x1] == after[y0, x0])
+    assert audio_packets(written) == audio_packets(src)  # the subtitle stream is copied
+
+
+def test_lossy_segments_join_by_stream_copy_with_exact_times_and_audio(clips, tmp_path):
+    # H.264 with B-frames in segments of 3 frames: the joined stream keeps every time
+    # stamp, decodes to the frames each segment was checked on, and copies the audio.
+    src = clips["audio"]
+    source = ExplicitBoxes({f"clip.mp4#{i}": [list(FACE)] for i in range(8)})
+    options = VideoOptions(VideoCodec("h264", threads=1), segment_seconds=0.1)
+    record, written = process(src, source, Settings(filter=Mask()), options, tmp_path)
+    assert record.segments == 3 and record.frame_count == 8
+    assert packet_times(written) == packet_times(src)
+    assert read_video(written).pts == read_video(src).pts
+    assert audio_packets(written) == audio_packets(src) and audio_packets(src)
+    kept = sorted((tmp_path / "work").rglob("segment-*.part"))
+    assert len(kept) == 3
+    joined = [f for _, f in iter_frames(written)]
+    parts = [f for path in kept for _, f in iter_frames(path.read_bytes())]
+    assert len(joined) == len(parts) == 8
+    assert all(np.array_equal(a, b) for a, b in zip(joined, parts, strict=True))
+
+
+def test_a_rotated_phone_clip_is_seen_upright_and_keeps_its_rotation(tmp_path):
+    upright = frames(6)
+    stored = [np.ascontiguousarray(np.rot90(f, -1)) for f in upright]  # as the camera wrote them
+    src = tmp_path / "phone.mp4"
+    make_clip(src, stored, 30, codec="ffv1", tone_hz=None, rotation=90)
+    info = probe_video(src)
+    height, width = upright[0].shape[:2]
+    assert info.rotation == 90 and (info.width, info.height) == (width, height)
+    source = ExplicitBoxes({f"phone.mp4#{i}": [list(FACE)] for i in range(6)})  # upright pixels
+    record, written = process(
+        src, source, Settings(filter=Mask()), VideoOptions(VideoCodec("ffv1")), tmp_path
     )
-    assert result.data is not None and result.record.status.ok
-    decoded = read_video(result.data)
-    assert all(np.array_equal(a, b) for a, b in zip(decoded.frames, result.finals, strict=True))
-    assert decoded.pts == clip.pts
-    assert audio_packets(result.data) == audio_packets(src)  # the subtitle stream is copied
+    assert record.rotation == 90 and probe_video(written).rotation == 90
+    x0, y0, x1, y1 = FACE
+    for (_, before), (_, after) in zip(iter_frames(src), iter_frames(written), strict=True):
+        assert before.shape == after.shape == (height, width, 3)  # upright, as a player shows it
+        assert np.all(after[y0:y1, x0:x1] == after[y0, x0])
+        outside = np.ones(before.shape[:2], bool)
+        outside[y0:y1, x0:x1] = False
+        assert np.array_equal(before[outside], after[outside])
+
+
+class Stop(Exception):
+    """Raised by a progress callback to stop a run at a known point."""
+
+
+def test_a_stopped_run_resumes_at_its_first_unfinished_segment(clips, tmp_path):
+    src = clips["audio"]
+    source = ExplicitBoxes({f"clip.mp4#{i}": [list(FACE)] for i in range(8)})
+    settings = Settings(filter=Mask(), criterion=SameClass(1.0))
+    options = VideoOptions(VideoCodec("h264", threads=1), segment_seconds=0.1)
+    classifier = tiny_factory.make()
+    whole, _ = process(src, source, settings, options, tmp_path / "whole", classifier)
+    done: list[int] = []
+
+    def stop_after_two(n: int) -> None:
+        done.append(n)
+        if len(done) == 2:
+            raise Stop  # as a kill after the second segment was kept
+
+    with pytest.raises(Stop):
+        process(src, source, settings, options, tmp_path / "again", classifier, stop_after_two)
+    counted: list[int] = []
+    resumed, _ = process(
+        src, source, settings, options, tmp_path / "again", classifier, counted.append
+    )
+    assert resumed.resumed == 2 and resumed.segments == 3 and sum(counted) == 8
+    assert per_frame(resumed) == per_frame(whole)
+    assert resumed.frame_status == whole.frame_status
 
 
 def test_a_face_missed_in_some_frames_is_held_forward_and_backward():
@@ -137,6 +249,7 @@ def test_cli_hold_anonymizes_the_frame_the_detections_miss(clips, tmp_path):
     code, output = run_cli(
         "anonymize", src, "-o", tmp_path / "out", "--model", "tiny_factory:make",
         "--regions", f"boxes={boxes}", "--filter", "mask", "--hold-frames", "1",
+        "--video-codec", "ffv1",
     )  # fmt: skip
     assert code == 0, output
     rec = records(tmp_path / "out")["clip.mp4"]
@@ -151,48 +264,60 @@ def test_cli_hold_anonymizes_the_frame_the_detections_miss(clips, tmp_path):
     assert by_frame[3]["held"] == [True] and by_frame[2]["held"] == [False]
 
 
-def test_lossy_rounds_restore_the_decision_on_the_decoded_video(clips):
+def test_lossy_rounds_restore_the_decision_on_the_decoded_video(clips, tmp_path):
     # A 1-logit margin: the correction stops just above it, and H.264 pushes frames back
     # below; the rounds correct them against the decoded frames until they hold.
     src = clips["audio"]
-    clip = read_video(src)
     source = ExplicitBoxes({f"clip.mp4#{i}": [list(FACE)] for i in range(8)})
     settings = Settings(filter=Mask(), criterion=SameClass(1.0))
     classifier = tiny_factory.make()
-    outcomes = {}
+    results = {}
     for rounds in (0, 3):
         options = VideoOptions(VideoCodec("h264", crf=23), rounds=rounds)
-        outcomes[rounds] = process_clip(
-            classifier, source, settings, "clip.mp4", src, clip, options
+        results[rounds] = process(
+            src, source, settings, options, tmp_path / str(rounds), classifier
         )
-    first, fixed = outcomes[0].record, outcomes[3].record
-    assert first.changed_frames and first.status == "failed"
-    assert fixed.rounds >= 1 and not fixed.changed_frames and fixed.status.ok
-    decoded = read_video(outcomes[3].data)
-    with torch.no_grad():
-        logits = classifier.forward(
-            classifier.inputs([torch.from_numpy(f).permute(2, 0, 1).float() / 255 for f in decoded.frames])
-        )  # fmt: skip
-    target = torch.tensor([r.original_class for r in outcomes[3].frame_outcomes])
+    (first, _), (fixed, written) = results[0], results[3]
+    assert first.changed_frames and first.status == "partial"
+    assert (
+        fixed.rounds >= 1
+        and not fixed.changed_frames
+        and fixed.status in ("corrected", "unchanged")
+    )
+    decoded = read_video(written)
+    target = torch.tensor([r["original_class"] for r in per_frame(fixed)])
+    logits = classes_of(classifier, decoded.frames)
     assert bool(settings.criterion(logits, target, torch.softmax(logits, 1)).all())
 
 
-def test_frames_the_rounds_cannot_restore_are_failed_and_listed(clips):
+def test_frames_the_rounds_cannot_restore_are_listed_and_the_video_is_kept(clips, tmp_path):
     src = clips["audio"]
-    clip = read_video(src)
     source = ExplicitBoxes({f"clip.mp4#{i}": [list(FACE)] for i in range(8)})
     settings = Settings(filter=Mask(), criterion=SameClass(1.0))
     options = VideoOptions(VideoCodec("h264", crf=40, threads=1), rounds=1)
-    result = process_clip(tiny_factory.make(), source, settings, "clip.mp4", src, clip, options)
-    rec = result.record
-    assert rec.rounds == 1 and rec.changed_frames and rec.status == "failed"
-    assert result.data is not None  # written (under _failed/ by the CLI), not lost
-    failed = [i for i, r in enumerate(result.frame_outcomes) if r.status == "failed"]
+    rec, written = process(src, source, settings, options, tmp_path)
+    assert rec.rounds == 1 and rec.changed_frames and rec.status == "partial"
+    assert written.is_file()  # one frame that falls short does not discard the recording
+    frames_ = per_frame(rec)
+    failed = [f["frames"][0] for f in frames_ if f["status"] == "failed"]
     assert failed == rec.changed_frames
-    assert all(
-        "class changed on the decoded video" in result.frame_outcomes[i].error for i in failed
-    )
+    assert all("class changed on the decoded video" in frames_[i]["error"] for i in failed)
     assert rec.frame_status["failed"] == len(failed)
+    assert f"{len(failed)} frame(s) fell short" in (rec.error or "")
+
+
+def test_cli_writes_a_partial_video_into_the_output_and_exits_1(clips, tmp_path):
+    src = clips["audio"]
+    boxes = boxes_file(tmp_path, src.name, list(range(8)))
+    code, output = run_cli(
+        "anonymize", src, "-o", tmp_path / "out", "--model", "tiny_factory:make",
+        "--regions", f"boxes={boxes}", "--filter", "mask", "--criterion", "margin:1",
+        "--crf", "40", "--video-rounds", "0",
+    )  # fmt: skip
+    rec = records(tmp_path / "out")["clip.mp4"]
+    assert rec["status"] == "partial" and code == 1, output
+    assert Path(rec["output"]).parent == tmp_path / "out"  # not under _failed/
+    assert "partial" in " ".join(output.split())
 
 
 def test_truncated_video_is_an_error_and_nothing_is_written(clips, tmp_path):
@@ -225,6 +350,9 @@ def test_folder_of_photos_and_videos_silent_and_variable_rate(clips, tmp_path):
         assert "kind" not in recs["photo.png"]
         vfr = read_video(Path(recs["vfr.mp4"]["output"]))
         assert vfr.pts == read_video(clips["vfr"]).pts
+        assert not (tmp_path / "out" / ".adaptanon-work").exists() or not any(
+            (tmp_path / "out" / ".adaptanon-work").iterdir()
+        )  # finished videos leave no work area
         silent = Path(recs["silent.mkv"]["output"])
         assert silent.suffix == ".mkv" and audio_packets(silent) == audio_packets(clips["silent"])
         # A rerun keeps every finished video and photo.

@@ -24,7 +24,9 @@ class Status(StrEnum):
     re-encoded and checked, nothing is hidden); ``weak``: the decision is kept but a region
     of the written file is not measurably anonymized (too similar to the original, see
     ``strength_final``); ``failed``: the criterion was not met, or meeting it would undo
-    the anonymization; ``error``: the image could not be read or processed.
+    the anonymization; ``partial`` (videos): the video is written whole with every region
+    anonymized, but the decision of the frames it lists (``frame_records``) could not be
+    kept; ``error``: the image could not be read or processed.
     """
 
     UNCHANGED = "unchanged"
@@ -32,12 +34,13 @@ class Status(StrEnum):
     NO_REGIONS = "no_regions"
     WEAK = "weak"
     FAILED = "failed"
+    PARTIAL = "partial"
     ERROR = "error"
 
     @property
     def ok(self) -> bool:
         """True for statuses whose output is written among the finished files."""
-        return self in (Status.UNCHANGED, Status.CORRECTED, Status.NO_REGIONS)
+        return self in (Status.UNCHANGED, Status.CORRECTED, Status.NO_REGIONS, Status.PARTIAL)
 
 
 @dataclass
@@ -61,7 +64,8 @@ class ImageRecord:
     used, the check of the plainly anonymized file included.
     ``identity_distance`` (with the face identity check, else empty): per region, the
     face descriptor distance between the written face and the original (None for regions
-    that are not faces). ``settings`` describes the run.
+    that are not faces: not labelled ``face``, or not confirmed as a face by the
+    recognizer's own detector on the original). ``settings`` describes the run.
     """
 
     input: str

@@ -26,7 +26,13 @@ from adaptanon.cli.options import (
     regions_and_inputs,
     verify_option,
 )
-from adaptanon.cli.video import build_video_options, split_videos, unmatched_keys, video_options
+from adaptanon.cli.video import (
+    build_video_options,
+    frame_total,
+    split_videos,
+    unmatched_keys,
+    video_options,
+)
 from adaptanon.engines import FAILED_DIR, Summary, default_batch_size, run
 from adaptanon.engines.devices import DEFAULT_BATCH_PIXELS
 from adaptanon.engines.output_folder import OutputRefused, RunStopped
@@ -82,6 +88,12 @@ def print_summary(summary: Summary, out_dir: Path) -> None:
         err.print(
             f"{summary.skipped} image(s) were finished by an earlier run into {out_dir} with "
             "the same settings and kept (--no-resume processes them again)"
+        )
+    if summary.counts[Status.PARTIAL]:
+        err.print(
+            f"[yellow]{summary.counts[Status.PARTIAL]} video(s) are written whole, every region "
+            "anonymized, but some frames' decision could not be kept (status partial; the "
+            "manifest's frame_records list them with their reason)[/yellow]"
         )
     if summary.counts[Status.NO_REGIONS]:
         err.print(
@@ -202,6 +214,13 @@ def anonymize_paths(
     warn_unmatched(source, items, videos)
     with progress_bar(quiet) as progress:
         task = progress.add_task("anonymizing", total=len(items) + len(videos))
+        frames_task = (
+            progress.add_task("video frames", total=frame_total(videos)) if videos else None
+        )
+
+        def frames_done(n: int) -> None:
+            if frames_task is not None:
+                progress.advance(frames_task, n)
 
         def advance(rec: ImageRecord) -> None:
             progress.advance(task)
@@ -234,6 +253,7 @@ def anonymize_paths(
                 done = run_videos(
                     videos, out, classifier, source, settings, video, batch, advance,
                     overwrite=overwrite, resume=resume, extra_settings=options["extra_settings"],
+                    on_frames=frames_done,
                 )  # fmt: skip
                 summary.counts.update(done.counts)
                 summary.skipped += done.skipped
@@ -350,4 +370,4 @@ def anonymize(
     if kw.get("engine") == "ray" and kw.get("workers"):
         raise click.UsageError("--workers is for --engine local (Ray actors read and finish)")
     summary = anonymize_paths(list(inputs), out, kw, quiet, overwrite, resume=not no_resume)
-    sys.exit(0 if summary.ok else 1)
+    sys.exit(0 if summary.ok and not summary.counts[Status.PARTIAL] else 1)

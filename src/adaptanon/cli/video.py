@@ -8,34 +8,49 @@ from typing import Any
 
 import click
 
-from adaptanon.engines.video import DEFAULT_HOLD, DEFAULT_ROUNDS, VideoOptions
+from adaptanon.engines.video import (
+    DEFAULT_DETECT_SIDE,
+    DEFAULT_HOLD,
+    DEFAULT_ROUNDS,
+    DEFAULT_SEGMENT_SECONDS,
+    VideoOptions,
+)
 from adaptanon.io import IMAGE_EXTENSIONS, InputImage
-from adaptanon.io.video import VIDEO_CODECS, VideoCodec, is_video
+from adaptanon.io.video import (
+    DEFAULT_CODEC,
+    DEFAULT_CRF,
+    DEFAULT_PRESET,
+    VIDEO_CODECS,
+    VideoCodec,
+    is_video,
+    probe_video,
+)
 from adaptanon.regions import RegionSource
 
 
 def video_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--video-codec``, ``--crf``, ``--preset``, ``--hold-frames``, ``--video-rounds``,
-    ``--keep-metadata``."""
+    ``--detect-side``, ``--segment-seconds``, ``--keep-metadata``."""
     options = [
         click.option(
             "--video-codec",
             type=click.Choice(VIDEO_CODECS),
-            default="ffv1",
+            default=DEFAULT_CODEC,
             show_default=True,
-            help="Videos: ffv1 is lossless (every frame decodes to the verified pixels); "
-            "h264 and h265 are lossy (--crf), checked on the decoded frames.",
+            help="Videos: h264 and h265 are lossy (--crf), every frame checked on the decoded "
+            "segment; ffv1 is lossless (every frame decodes to the verified pixels).",
         ),
         click.option(
             "--crf",
             type=click.IntRange(0, 51),
-            default=23,
+            default=DEFAULT_CRF,
             show_default=True,
-            help="Videos, h264/h265: constant rate factor (lower: better quality).",
+            help="Videos, h264/h265: constant rate factor (lower: better quality; 18 is "
+            "visually lossless by x264's documentation).",
         ),
         click.option(
             "--preset",
-            default="medium",
+            default=DEFAULT_PRESET,
             show_default=True,
             help="Videos, h264/h265: the x264/x265 speed preset (ultrafast ... veryslow).",
         ),
@@ -56,6 +71,22 @@ def video_options(func: Callable[..., Any]) -> Callable[..., Any]:
             "on the decoded video and encoding again; frames still changed are failed.",
         ),
         click.option(
+            "--detect-side",
+            type=click.IntRange(min=32),
+            default=DEFAULT_DETECT_SIDE,
+            show_default=True,
+            help="Videos: detectors look at each frame downscaled to this longer side "
+            "(boxes mapped back to the frame; 1080p is seen at 720p).",
+        ),
+        click.option(
+            "--segment-seconds",
+            type=click.FloatRange(min=0, min_open=True),
+            default=DEFAULT_SEGMENT_SECONDS,
+            show_default=True,
+            help="Videos: seconds per closed segment; each is checked and kept as soon as it "
+            "is written, and a stopped run resumes at the first unfinished one.",
+        ),
+        click.option(
             "--keep-metadata",
             is_flag=True,
             help="Videos: copy the container's and streams' metadata tags (dropped by default).",
@@ -69,15 +100,17 @@ def video_options(func: Callable[..., Any]) -> Callable[..., Any]:
 def build_video_options(kw: dict[str, Any]) -> VideoOptions:
     """The parsed video options."""
     codec = VideoCodec(
-        kw.get("video_codec", "ffv1"),
-        crf=kw.get("crf", 23),
-        preset=kw.get("preset", "medium"),
+        kw.get("video_codec", DEFAULT_CODEC),
+        crf=kw.get("crf", DEFAULT_CRF),
+        preset=kw.get("preset", DEFAULT_PRESET),
         keep_metadata=bool(kw.get("keep_metadata")),
     )
     return VideoOptions(
         codec,
         hold=kw.get("hold_frames", DEFAULT_HOLD),
         rounds=kw.get("video_rounds", DEFAULT_ROUNDS),
+        segment_seconds=kw.get("segment_seconds", DEFAULT_SEGMENT_SECONDS),
+        detect_side=kw.get("detect_side", DEFAULT_DETECT_SIDE),
     )
 
 
@@ -102,3 +135,18 @@ def unmatched_keys(source: RegionSource, photos: Iterable[str], videos: Iterable
         for key in source.unmatched(photos)
         if not ("#" in key and key.rpartition("#")[0] in names and key.rpartition("#")[2].isdigit())
     ]
+
+
+def frame_total(videos: Iterable[InputImage]) -> int | None:
+    """The frames of ``videos`` as their containers state them (for progress), None when
+    one does not say."""
+    total = 0
+    for item in videos:
+        try:
+            frames = probe_video(item.path).frames
+        except ValueError:
+            frames = 0
+        if frames is None:
+            return None
+        total += frames
+    return total

@@ -14,6 +14,7 @@ and the privacy of every track, on the frames as they are decoded from the writt
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,15 +22,15 @@ from typing import Any
 import numpy as np
 
 from adaptanon.classifiers import Classifier
-from adaptanon.engines.video import VideoOptions, process_clip
+from adaptanon.engines.video import VideoOptions, WorkArea, anonymize_video, per_frame
 from adaptanon.evaluate.metrics import mean_finite, percent
 from adaptanon.evaluate.rows import Config
 from adaptanon.io.atomic import atomic_write
 from adaptanon.io.codecs import to_image
-from adaptanon.io.images import InputImage, current_pixel_limit
-from adaptanon.io.video import read_video
+from adaptanon.io.images import InputImage
+from adaptanon.io.video import iter_frames, probe_video
 from adaptanon.method.metrics import region_strength
-from adaptanon.regions import RegionSource
+from adaptanon.regions import Detection, RegionSource
 from adaptanon.regions.tracking import coverage, hold_regions, track
 
 FLICKER_GAP = 30
@@ -73,56 +74,94 @@ def evaluate_video(
         "error": None,
     }
     try:
-        clip = read_video(item.path, current_pixel_limit())
-        result = process_clip(
-            classifier, source, config.settings, row["video"], item.path, clip, options, batch_size
-        )
-        if result.data is None:
-            raise ValueError(result.record.error or "nothing written")
-        stored = read_video(result.data)
+        with tempfile.TemporaryDirectory(prefix="adaptanon-evaluate-") as tmp:
+            work = WorkArea(Path(tmp), item, {})
+            record, written = anonymize_video(
+                classifier, source, config.settings, item, options, work,
+                Path(tmp) / "out" / item.path.name, batch_size,
+            )  # fmt: skip
+            if written is None:
+                raise ValueError(record.error or "nothing written")
+            info = probe_video(item.path)
+            recs = per_frame(record)
+            regions = _regions(recs)
+            tracks = _track_strength(record.tracks, regions, item.path, written, info.rotation)
     except (ValueError, RuntimeError) as exc:
         row["error"] = str(exc)
         return row
-    n, recs = len(clip.frames), result.frame_outcomes
-    final_classes = [r.final_class for r in recs]
+    n = record.frame_count
     changed_plain = sum(
-        r.anonymized_class is not None and r.anonymized_class != r.original_class for r in recs
+        r.get("anonymized_class") is not None and r["anonymized_class"] != r["original_class"]
+        for r in recs
     )
-    anonymized = [[list(reg.detection.box) for reg in regs] for regs in result.regions]
-    detected = [[reg.detection for reg in regs if not reg.held] for regs in result.regions]
+    anonymized = [[list(b) for b, _held, _track in regs] for regs in regions]
+    detected = [
+        [
+            Detection((b[0], b[1], b[2], b[3]), 1.0, label)
+            for (b, held, _track), label in zip(regs, r.get("labels", []), strict=True)
+            if not held
+        ]
+        for regs, r in zip(regions, recs, strict=True)
+    ]
     # Saliency picks a region per frame: there is no object to follow (no flicker).
     flicker = (
         []
         if source.uses_saliency
-        else flicker_frames(detected, anonymized, clip.width, clip.height)
+        else flicker_frames(detected, anonymized, info.width, info.height)
     )
-    tracks = []
-    for tr in result.record.tracks:
-        psnr, ssim = [], []
-        for t in range(tr["first"], tr["last"] + 1):
-            for reg in result.regions[t]:
-                if reg.track == tr["id"]:
-                    s = region_strength(
-                        to_image(clip.frames[t]), to_image(stored.frames[t]), reg.detection.box
-                    )
-                    psnr.append(s.psnr if np.isfinite(s.psnr) else None)
-                    ssim.append(s.ssim)
-        tracks.append({**tr, "mean_psnr": mean_finite(psnr), "mean_ssim": mean_finite(ssim)})
     row.update(
         frames=n,
-        status=str(result.record.status),
-        frame_status=result.record.frame_status,
+        status=str(record.status),
+        frame_status=record.frame_status,
         changed_after_anonymization=changed_plain,
         vulnerable_initial_pct=percent(changed_plain, n),
-        not_corrected=sum(r.status == "failed" for r in recs),
-        vulnerable_final_pct=percent(
-            sum(f != r.original_class for f, r in zip(final_classes, recs, strict=True)), n
-        ),
+        not_corrected=sum(r["status"] == "failed" for r in recs),
+        vulnerable_final_pct=percent(sum(r["final_class"] != r["original_class"] for r in recs), n),
         flicker_frames=flicker,
-        rounds=result.record.rounds,
+        rounds=record.rounds,
         tracks=tracks,
     )
     return row
+
+
+Region = tuple[list[int], bool, int | None]
+"""A frame's anonymized box, whether the hold added it, and its track (None: no track)."""
+
+
+def _regions(recs: Sequence[dict[str, Any]]) -> list[list[Region]]:
+    """Each frame's anonymized regions, from the per-frame records."""
+    out: list[list[Region]] = []
+    for r in recs:
+        boxes = r.get("regions", [])
+        held = r.get("held", [False] * len(boxes))
+        tracks = r.get("tracks", [None] * len(boxes))
+        out.append(list(zip(boxes, held, tracks, strict=True)))
+    return out
+
+
+def _track_strength(
+    tracks: Sequence[dict[str, Any]],
+    regions: Sequence[Sequence[Region]],
+    source: Path,
+    written: Path,
+    rotation: int,
+) -> list[dict[str, Any]]:
+    """Per track, its mean region PSNR and SSIM between input and written frames (both
+    decoded frame by frame, side by side)."""
+    psnr: dict[int, list[float | None]] = {tr["id"]: [] for tr in tracks}
+    ssim: dict[int, list[float]] = {tr["id"]: [] for tr in tracks}
+    frames = zip(iter_frames(source), iter_frames(written, rotation=rotation), strict=False)
+    for t, ((_, original), (_, stored)) in enumerate(frames):
+        for box, _held, track_id in regions[t]:
+            if track_id not in psnr:
+                continue
+            s = region_strength(to_image(original), to_image(stored), tuple(box))  # type: ignore[arg-type]
+            psnr[track_id].append(s.psnr if np.isfinite(s.psnr) else None)
+            ssim[track_id].append(s.ssim)
+    return [
+        {**tr, "mean_psnr": mean_finite(psnr[tr["id"]]), "mean_ssim": mean_finite(ssim[tr["id"]])}
+        for tr in tracks
+    ]
 
 
 def evaluate_videos(

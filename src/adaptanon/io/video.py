@@ -1,18 +1,23 @@
 """Reading and writing videos with PyAV (FFmpeg's libraries; ``pip install 'adaptanon[video]'``).
 
-A video is read whole into 8-bit RGB frames with each frame's presentation time
-(``pts`` in the video stream's ``time_base``), and written back with the same times, so
-the frame rate, the frame count and the duration are kept, a variable frame rate
-included. Audio and subtitle streams are copied packet by packet (remuxed, never
-re-encoded). Container and stream metadata are dropped unless asked for.
+A video is streamed: :func:`iter_frames` decodes one frame at a time (FFmpeg's own
+threads), as 8-bit RGB turned upright as a player shows it (the stream's display
+rotation applied), with each frame's presentation time (``pts`` in the video stream's
+``time_base``). Frames are written back in closed segments (:func:`encode_segment`: a
+fresh encoder per segment, so each begins with a key frame and refers to no frame
+outside it) and the segments joined by stream copy (:func:`join_segments`), with the
+input's time stamps (frame rate, frame count and duration kept, a variable frame rate
+included), its display rotation, and its audio and subtitle packets copied (remuxed,
+never re-encoded). Container and stream metadata are dropped unless asked for.
 
-Frames are ``(H, W, 3)`` ``uint8`` arrays.
+Frames are ``(H, W, 3)`` ``uint8`` arrays, upright.
 """
 
 from __future__ import annotations
 
+import heapq
 import io
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -27,9 +32,15 @@ VIDEO_EXTENSIONS = {
 """Files found in folders and globs as videos (by extension; a file named explicitly is
 probed by content, see :func:`is_video`)."""
 
-VIDEO_CODECS = ("ffv1", "h264", "h265")
-"""``--video-codec``: ``ffv1`` is lossless (8-bit RGB, the default); ``h264``
-and ``h265`` are lossy (libx264 / libx265 with ``--crf``, 4:2:0)."""
+VIDEO_CODECS = ("h264", "h265", "ffv1")
+"""``--video-codec``: ``h264`` (the default) and ``h265`` are lossy (libx264 / libx265
+with ``--crf``, 4:2:0, closed GOPs), checked on the decoded frames; ``ffv1`` is lossless
+(8-bit RGB): every frame decodes to the verified pixels."""
+
+DEFAULT_CODEC = "h264"
+DEFAULT_CRF = 18
+"""``--crf``'s default: x264's documentation calls 18 visually lossless (or nearly so)."""
+DEFAULT_PRESET = "veryfast"
 
 
 def _av() -> Any:
@@ -64,13 +75,13 @@ def is_video(path: Path) -> bool:
 
 @dataclass(frozen=True)
 class VideoCodec:
-    """How frames are stored: ``ffv1`` (lossless, Matroska), ``h264`` or ``h265`` (lossy,
-    ``crf`` 0-51 and ``preset``), with ``threads`` encoder threads (0: FFmpeg's choice).
+    """How frames are stored: ``h264`` or ``h265`` (lossy, ``crf`` 0-51 and ``preset``),
+    or ``ffv1`` (lossless), with ``threads`` encoder threads (0: FFmpeg's choice).
     ``keep_metadata`` copies the container's and streams' metadata tags."""
 
-    name: str = "ffv1"
-    crf: int = 23
-    preset: str = "medium"
+    name: str = DEFAULT_CODEC
+    crf: int = DEFAULT_CRF
+    preset: str = DEFAULT_PRESET
     threads: int = 0
     keep_metadata: bool = False
 
@@ -106,10 +117,182 @@ class VideoCodec:
         return out
 
 
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video's first video stream says of itself, read without decoding it:
+    ``width`` x ``height`` of the upright frames (after ``rotation``, degrees
+    counter-clockwise, a multiple of 90), ``time_base``, ``rate`` (average), ``frames``
+    (the container's count, None when it does not say), the codec, its pixel format and
+    the other streams (``audio:aac``, ...)."""
+
+    path: Path
+    width: int
+    height: int
+    rotation: int
+    time_base: Fraction
+    rate: Fraction | None
+    frames: int | None
+    codec: str
+    pix_fmt: str | None
+    other_streams: tuple[str, ...] = ()
+
+
+def _rotation(degrees: float | int | None) -> int:
+    """A display rotation rounded to a multiple of 90 in ``[0, 360)``."""
+    return int(round((degrees or 0) / 90.0)) % 4 * 90
+
+
+def to_upright(pixels: np.ndarray, rotation: int) -> np.ndarray:
+    """``(H, W, 3)`` stored pixels turned as a player shows them (``rotation`` degrees
+    counter-clockwise)."""
+    k = rotation // 90 % 4
+    return pixels if k == 0 else np.ascontiguousarray(np.rot90(pixels, k))
+
+
+def to_stored(pixels: np.ndarray, rotation: int) -> np.ndarray:
+    """The inverse of :func:`to_upright`."""
+    k = rotation // 90 % 4
+    return pixels if k == 0 else np.ascontiguousarray(np.rot90(pixels, -k))
+
+
+def _open(source: Path | bytes) -> tuple[Any, str]:
+    av = _av()
+    where = "video" if isinstance(source, bytes) else f"video {source}"
+    target: Any = io.BytesIO(source) if isinstance(source, bytes) else str(source)
+    try:
+        return av.open(target), where
+    except Exception as exc:  # noqa: BLE001 - any demuxer failure is this file's error
+        raise ValueError(f"cannot read {where}: {_one_line(exc)}") from exc
+
+
+def _video_of(container: Any, where: str) -> Any:
+    videos = [s for s in container.streams if s.type == "video"]
+    if not videos:
+        raise ValueError(f"cannot read {where}: no video stream")
+    return videos[0]
+
+
+def _stream_rotation(stream: Any) -> int | None:
+    """The display rotation the stream declares, when PyAV can read it without decoding."""
+    for name in ("rotation", "display_rotation"):
+        value = getattr(stream, name, None)
+        if isinstance(value, int | float):
+            return _rotation(value)
+    return None
+
+
+def probe_video(path: Path, max_pixels: int | None = None) -> VideoInfo:
+    """The :class:`VideoInfo` of ``path`` (its first frame is decoded for the display
+    rotation, which FFmpeg attaches to frames).
+
+    Raises:
+        ValueError: not a video, no video stream, frames larger than ``max_pixels``, or
+            no frame can be decoded.
+    """
+    container, where = _open(path)
+    with container:
+        stream = _video_of(container, where)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if max_pixels is not None and width * height > max_pixels:
+            raise ValueError(
+                f"cannot read {where}: frames are {width}x{height}, over the limit of "
+                f"{max_pixels:,} pixels (--max-pixels)"
+            )
+        rotation = _stream_rotation(stream)
+        if rotation is None:
+            try:
+                first = next(iter(container.decode(stream)))
+            except (StopIteration, Exception) as exc:  # noqa: BLE001
+                raise ValueError(f"cannot read {where}: no frame could be decoded") from exc
+            rotation = _rotation(first.rotation)
+            width, height = first.width, first.height
+        if rotation in (90, 270):
+            width, height = height, width
+        return VideoInfo(
+            path=path,
+            width=width,
+            height=height,
+            rotation=rotation,
+            time_base=Fraction(stream.time_base),
+            rate=Fraction(stream.average_rate) if stream.average_rate else None,
+            frames=int(stream.frames) or None,
+            codec=stream.codec_context.name,
+            pix_fmt=stream.codec_context.pix_fmt,
+            other_streams=tuple(
+                f"{s.type}:{s.codec_context.name if s.codec_context else '?'}"
+                for s in container.streams
+                if s is not stream
+            ),
+        )
+
+
+def iter_frames(
+    source: Path | bytes,
+    *,
+    rotation: int | None = None,
+    start_pts: int | None = None,
+    max_pixels: int | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Each frame of the first video stream of a file (or of encoded bytes) as
+    ``(pts, (H, W, 3) uint8 RGB)``, upright, one at a time, in presentation order.
+
+    ``rotation``: the display rotation to apply (None: the one each frame carries);
+    ``start_pts``: begin at the first frame at or after this time stamp (the decoder
+    seeks to the key frame before it).
+
+    Raises:
+        ValueError: with a one-line reason: not a video, no video stream, frames larger
+            than ``max_pixels``, a stream damaged or truncated (decoding stops with an
+            error), a frame with no time stamp or out of order.
+    """
+    container, where = _open(source)
+    with container:
+        stream = _video_of(container, where)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if max_pixels is not None and width * height > max_pixels:
+            raise ValueError(
+                f"cannot read {where}: frames are {width}x{height}, over the limit of "
+                f"{max_pixels:,} pixels (--max-pixels)"
+            )
+        stream.thread_type = "AUTO"
+        if start_pts is not None and start_pts > 0:
+            try:
+                container.seek(start_pts, backward=True, any_frame=False, stream=stream)
+            except Exception as exc:  # noqa: BLE001
+                raise ValueError(f"cannot seek in {where}: {_one_line(exc)}") from exc
+        count, last = 0, None
+        try:
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    raise ValueError(f"frame {count} has no time stamp")
+                pts = int(frame.pts)
+                if start_pts is not None and pts < start_pts:
+                    continue
+                if last is not None and pts <= last:
+                    raise ValueError(f"frame {count} is out of order (time stamp {pts})")
+                pixels = frame.to_ndarray(format="rgb24")
+                turn = _rotation(frame.rotation) if rotation is None else rotation
+                yield pts, to_upright(pixels, turn)
+                count, last = count + 1, pts
+        except ValueError as exc:
+            if str(exc).startswith("cannot"):
+                raise
+            raise ValueError(
+                f"cannot read {where}: damaged or truncated after {count} frame(s): {exc}"
+            ) from exc
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is this file's
+            raise ValueError(
+                f"cannot read {where}: damaged or truncated after {count} frame(s): "
+                f"{_one_line(exc)}"
+            ) from exc
+        if count == 0 and start_pts is None:
+            raise ValueError(f"cannot read {where}: no frame could be decoded")
+
+
 @dataclass
 class Clip:
-    """A decoded video stream: frames, their ``pts`` in ``time_base`` units, and what the
-    stream says of itself (``rate``: its average frame rate)."""
+    """A short video decoded whole (for tests and checks, never the engine): frames,
+    their ``pts`` in ``time_base`` units, and what the stream says of itself."""
 
     frames: list[np.ndarray]
     pts: list[int]
@@ -118,106 +301,163 @@ class Clip:
     width: int
     height: int
     codec: str
+    rotation: int = 0
     other_streams: list[str] = field(default_factory=list)
 
     @property
     def duration(self) -> float:
         """Seconds from the first frame's start to the last frame's end (the last frame
         lasting as long as the one before it, or one frame at ``rate``)."""
-        if not self.pts:
-            return 0.0
-        if len(self.pts) > 1:
-            last = self.pts[-1] - self.pts[-2]
-        else:
-            last = int(1 / (self.rate * self.time_base)) if self.rate else 0
-        return float((self.pts[-1] - self.pts[0] + last) * self.time_base)
+        return duration(self.pts, self.time_base, self.rate)
+
+
+def duration(pts: Sequence[int], time_base: Fraction, rate: Fraction | None) -> float:
+    """Seconds from the first frame's start to the last frame's end (the last frame
+    lasting as long as the one before it, or one frame at ``rate``)."""
+    if not pts:
+        return 0.0
+    if len(pts) > 1:
+        last = pts[-1] - pts[-2]
+    else:
+        last = int(1 / (rate * time_base)) if rate else 0
+    return float((pts[-1] - pts[0] + last) * time_base)
 
 
 def read_video(source: Path | bytes, max_pixels: int | None = None) -> Clip:
-    """Decode the first video stream of a file (or of encoded bytes) to RGB frames.
-
-    Every failure is a ``ValueError`` with a one-line reason: not a video, no video
-    stream, frames larger than ``max_pixels``, or a stream damaged or truncated (decoding
-    stops with an error, or a frame has no time stamp); nothing is returned partly.
-    """
-    av = _av()
-    where = "video" if isinstance(source, bytes) else f"video {source}"
-    target: Any = io.BytesIO(source) if isinstance(source, bytes) else str(source)
-    try:
-        container = av.open(target)
-    except Exception as exc:  # noqa: BLE001 - any demuxer failure is this file's error
-        raise ValueError(f"cannot read {where}: {_one_line(exc)}") from exc
+    """Decode a whole (short) video into memory with :func:`iter_frames`; every failure
+    is a ``ValueError`` with a one-line reason, nothing is returned partly."""
+    container, where = _open(source)
     with container:
-        videos = [s for s in container.streams if s.type == "video"]
-        if not videos:
-            raise ValueError(f"cannot read {where}: no video stream")
-        stream = videos[0]
-        width, height = stream.codec_context.width, stream.codec_context.height
-        if max_pixels is not None and width * height > max_pixels:
-            raise ValueError(
-                f"cannot read {where}: frames are {width}x{height}, over the limit of "
-                f"{max_pixels:,} pixels (--max-pixels)"
-            )
-        stream.thread_type = "AUTO"
-        frames: list[np.ndarray] = []
-        pts: list[int] = []
-        try:
-            for frame in container.decode(stream):
-                if frame.pts is None:
-                    raise ValueError(f"frame {len(frames)} has no time stamp")
-                frames.append(frame.to_ndarray(format="rgb24"))
-                pts.append(int(frame.pts))
-        except Exception as exc:  # noqa: BLE001
-            raise ValueError(
-                f"cannot read {where}: damaged or truncated after {len(frames)} frame(s): "
-                f"{_one_line(exc)}"
-            ) from exc
-        if not frames:
-            raise ValueError(f"cannot read {where}: no frame could be decoded")
-        if any(b <= a for a, b in zip(pts, pts[1:], strict=False)):
-            order = np.argsort(pts, kind="stable")
-            frames = [frames[i] for i in order]
-            pts = [pts[i] for i in order]
-            if len(set(pts)) != len(pts):
-                raise ValueError(f"cannot read {where}: two frames share a time stamp")
-        return Clip(
-            frames=frames,
-            pts=pts,
-            time_base=Fraction(stream.time_base),
-            rate=Fraction(stream.average_rate) if stream.average_rate else None,
-            width=frames[0].shape[1],
-            height=frames[0].shape[0],
-            codec=stream.codec_context.name,
-            other_streams=[
-                f"{s.type}:{s.codec_context.name if s.codec_context else '?'}"
-                for s in container.streams
-                if s is not stream
-            ],
-        )
+        stream = _video_of(container, where)
+        time_base = Fraction(stream.time_base)
+        rate = Fraction(stream.average_rate) if stream.average_rate else None
+        codec = stream.codec_context.name
+        others = [
+            f"{s.type}:{s.codec_context.name if s.codec_context else '?'}"
+            for s in container.streams
+            if s is not stream
+        ]
+    pts, frames = [], []
+    rotation = 0
+    for stamp, pixels in iter_frames(source, max_pixels=max_pixels):
+        pts.append(stamp)
+        frames.append(pixels)
+    if not isinstance(source, bytes):
+        rotation = probe_video(source).rotation
+    return Clip(
+        frames, pts, time_base, rate, frames[0].shape[1], frames[0].shape[0], codec,
+        rotation, others,
+    )  # fmt: skip
 
 
 def _copied_streams(container: Any) -> list[Any]:
     return [s for s in container.streams if s.type in ("audio", "subtitle")]
 
 
-def write_video(source: Path, clip: Clip, frames: Sequence[np.ndarray], codec: VideoCodec) -> bytes:
-    """Encode ``frames`` (one per frame of ``clip``, same size) with ``clip``'s time
-    stamps and copy the audio and subtitle packets of ``source`` unchanged; returns the
-    file's bytes (container :meth:`VideoCodec.container`).
+def _video_stream(
+    out: Any, codec: VideoCodec, width: int, height: int, time_base: Fraction, rate: Fraction
+) -> Any:
+    if codec.name == "ffv1":
+        stream = out.add_stream("ffv1", rate=rate)
+        stream.pix_fmt = "bgr0"
+    else:
+        name = "libx264" if codec.name == "h264" else "libx265"
+        options = {"crf": str(codec.crf), "preset": codec.preset}
+        if codec.name == "h265":
+            options["x265-params"] = "log-level=none:open-gop=0"
+        stream = out.add_stream(name, rate=rate, options=options)
+        stream.pix_fmt = "yuv420p"
+    stream.width, stream.height = width, height
+    stream.time_base = time_base
+    stream.codec_context.time_base = time_base
+    stream.codec_context.thread_count = codec.threads
+    return stream
+
+
+def encode_segment(
+    frames: Sequence[np.ndarray],
+    pts: Sequence[int],
+    info: VideoInfo,
+    codec: VideoCodec,
+) -> bytes:
+    """``frames`` (upright, the size of ``info``) at ``pts`` as one closed segment: a
+    video-only file of ``codec`` in the output's container whose first frame is a key
+    frame and whose frames refer to none outside it. Frames are stored in the input's
+    orientation (:func:`to_stored`), so the joined file keeps its display rotation.
 
     Raises:
-        ValueError: the frames do not match the clip, or the container cannot hold a
-            stream to copy (e.g. MP4 subtitles into Matroska), or encoding fails.
+        ValueError: the frames do not match the time stamps, or encoding fails.
     """
-    if len(frames) != len(clip.pts):
-        raise ValueError(f"expected {len(clip.pts)} frames, got {len(frames)}")
+    if len(frames) != len(pts) or not frames:
+        raise ValueError(f"expected {len(pts)} frames, got {len(frames)}")
     av = _av()
     buf = io.BytesIO()
+    fmt = codec.container(info.path)
+    rate = info.rate or Fraction(1, 1) / info.time_base
+    stored = [to_stored(f, info.rotation) for f in frames[:1]]
+    height, width = stored[0].shape[:2]
+    try:
+        with av.open(buf, "w", format=fmt) as out:
+            video = _video_stream(out, codec, width, height, info.time_base, rate)
+            for pixels, stamp in zip(frames, pts, strict=True):
+                frame = av.VideoFrame.from_ndarray(
+                    np.ascontiguousarray(to_stored(pixels, info.rotation)), format="rgb24"
+                )
+                frame.pts = stamp
+                frame.time_base = info.time_base
+                for packet in video.encode(frame):
+                    out.mux(packet)
+            for packet in video.encode(None):
+                out.mux(packet)
+    except Exception as exc:  # noqa: BLE001 - any encoder or muxer failure
+        raise ValueError(f"cannot write the video: {_one_line(exc)}") from exc
+    return buf.getvalue()
+
+
+def _packet_time(packet: Any) -> Fraction:
+    stamp = packet.dts if packet.dts is not None else packet.pts
+    return Fraction(stamp or 0) * Fraction(packet.time_base)
+
+
+def _segment_packets(segments: Iterable[Path]) -> Iterator[Any]:
+    av = _av()
+    for path in segments:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            for packet in container.demux(stream):
+                if packet.size:
+                    yield packet
+
+
+def join_segments(
+    source: Path, segments: Sequence[Path], target: Path, info: VideoInfo, codec: VideoCodec
+) -> None:
+    """Write ``target``: the video packets of ``segments`` (files of
+    :func:`encode_segment`, in order) copied into one stream, with the display rotation
+    of ``info`` and the audio and subtitle packets of ``source`` unchanged, interleaved by
+    time. Memory does not grow with the length: packets are read and written as they go.
+
+    Raises:
+        ValueError: the segments' encoder settings differ, the container cannot hold a
+            stream to copy (e.g. MP4 subtitles into Matroska), or muxing fails (e.g. time
+            stamps that do not increase across a segment boundary).
+    """
+    av = _av()
     fmt = codec.container(source)
     try:
-        with av.open(str(source)) as src, av.open(buf, "w", format=fmt) as out:
+        with (
+            av.open(str(source)) as src,
+            av.open(str(segments[0])) as first,
+            av.open(str(target), "w", format=fmt) as out,
+        ):
             if codec.keep_metadata:
                 out.metadata.update(src.metadata)
+            template = first.streams.video[0]
+            extradata = bytes(template.codec_context.extradata or b"")
+            video = out.add_stream_from_template(template)
+            video.time_base = template.time_base
+            if info.rotation:
+                video.set_display_rotation(info.rotation)
             copies: dict[int, Any] = {}
             for stream in _copied_streams(src):
                 name = stream.codec_context.name
@@ -231,70 +471,45 @@ def write_video(source: Path, clip: Clip, frames: Sequence[np.ndarray], codec: V
                 if not codec.keep_metadata:
                     copy.metadata.clear()
                 copies[stream.index] = copy
-            video = _video_stream(out, codec, clip)
+            for path in segments[1:]:
+                with av.open(str(path)) as seg:
+                    if bytes(seg.streams.video[0].codec_context.extradata or b"") != extradata:
+                        raise ValueError(f"segment {path.name} was encoded with other settings")
             wanted = [src.streams[i] for i in copies]
-            packets = [p for p in src.demux(*wanted) if p.size] if wanted else []
-            # Interleave: copy each packet once the video has reached its time.
-            packets.sort(key=lambda p: float((p.dts if p.dts is not None else 0) * p.time_base))
-            pending = 0
-            for pixels, pts in zip(frames, clip.pts, strict=True):
-                now = float(pts * clip.time_base)
-                while pending < len(packets) and _time(packets[pending]) <= now:
-                    _remux(out, packets[pending], copies)
-                    pending += 1
-                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")
-                frame.pts = pts
-                frame.time_base = clip.time_base
-                for packet in video.encode(frame):
-                    out.mux(packet)
-            for packet in video.encode(None):
+            others = (p for p in (src.demux(*wanted) if wanted else ()) if p.size)
+            tagged = heapq.merge(
+                ((_packet_time(p), 0, n, p) for n, p in enumerate(_segment_packets(segments))),
+                ((_packet_time(p), 1, n, p) for n, p in enumerate(others)),
+                key=lambda t: (t[0], t[1], t[2]),
+            )
+            for _time, kind, _n, packet in tagged:
+                packet.stream = video if kind == 0 else copies[packet.stream.index]
                 out.mux(packet)
-            for packet in packets[pending:]:
-                _remux(out, packet, copies)
     except ValueError:
         raise
-    except Exception as exc:  # noqa: BLE001 - any encoder or muxer failure
+    except Exception as exc:  # noqa: BLE001 - any muxer failure
         raise ValueError(f"cannot write the video: {_one_line(exc)}") from exc
-    return buf.getvalue()
 
 
-def _time(packet: Any) -> float:
-    stamp = packet.dts if packet.dts is not None else packet.pts
-    return float((stamp or 0) * packet.time_base)
-
-
-def _remux(out: Any, packet: Any, copies: dict[int, Any]) -> None:
-    packet.stream = copies[packet.stream.index]
-    out.mux(packet)
-
-
-def _video_stream(out: Any, codec: VideoCodec, clip: Clip) -> Any:
-    rate = clip.rate or Fraction(1, 1) / clip.time_base
-    if codec.name == "ffv1":
-        stream = out.add_stream("ffv1", rate=rate)
-        stream.pix_fmt = "bgr0"
-    else:
-        name = "libx264" if codec.name == "h264" else "libx265"
-        options = {"crf": str(codec.crf), "preset": codec.preset}
-        if codec.name == "h265":
-            options["x265-params"] = "log-level=none"
-        stream = out.add_stream(name, rate=rate, options=options)
-        stream.pix_fmt = "yuv420p"
-    stream.width, stream.height = clip.width, clip.height
-    stream.time_base = clip.time_base
-    stream.codec_context.time_base = clip.time_base
-    stream.codec_context.thread_count = codec.threads
-    return stream
+def packet_times(source: Path | bytes) -> list[Fraction]:
+    """The presentation time (seconds) of every packet of the first video stream, sorted,
+    read by demuxing alone (no decoding): one per frame."""
+    container, where = _open(source)
+    with container:
+        stream = _video_of(container, where)
+        base = Fraction(stream.time_base)
+        return sorted(
+            Fraction(p.pts) * base for p in container.demux(stream) if p.size and p.pts is not None
+        )
 
 
 def audio_packets(source: Path | bytes) -> list[tuple[int, int | None, bytes]]:
     """Every audio and subtitle packet of a file as ``(stream kind index, pts in
     microseconds, payload)``, in order: two files hold the same such streams exactly when
     these lists are equal."""
-    av = _av()
-    target: Any = io.BytesIO(source) if isinstance(source, bytes) else str(source)
+    container, _where = _open(source)
     out: list[tuple[int, int | None, bytes]] = []
-    with av.open(target) as container:
+    with container:
         streams = _copied_streams(container)
         rank = {s.index: i for i, s in enumerate(streams)}
         for packet in container.demux(*streams) if streams else []:
@@ -316,13 +531,15 @@ def make_clip(
     tone_hz: float | None = 440.0,
     subtitle: str | None = None,
     metadata: dict[str, str] | None = None,
+    rotation: int = 0,
 ) -> None:
     """Write ``frames`` as a new clip (for tests, benchmarks and demos): video with
     ``codec`` (``libx264`` crf 18 yuv420p, or ``ffv1``) at ``rate``, or at the given
     ``pts`` in units of ``1/rate`` s (a variable frame rate), an AAC sine tone of
     ``tone_hz`` as long as the video (None: no audio), and optionally a subtitle stream
     (Matroska/SubRip) holding ``subtitle`` for the first second; ``metadata``: container
-    tags (title, location, ...)."""
+    tags (title, location, ...); ``rotation``: a display rotation (degrees counter-clockwise,
+    as a phone records it) for the ``frames`` as stored."""
     av = _av()
     rate = Fraction(rate)
     stamps = list(pts) if pts is not None else list(range(len(frames)))
@@ -339,6 +556,8 @@ def make_clip(
         video.pix_fmt = "yuv420p" if codec == "libx264" else "bgr0"
         video.time_base = 1 / rate
         video.codec_context.time_base = 1 / rate
+        if rotation:
+            video.set_display_rotation(rotation)
         if codec == "libx264":
             video.codec_context.options = {"crf": "18"}
         audio = out.add_stream("aac", rate=48000) if tone_hz else None

@@ -107,11 +107,10 @@ class FaceIdentity:
         self._landmarks = dlib.shape_predictor(str(folder / LANDMARKS_FILE))
         self._descriptor = dlib.face_recognition_model_v1(str(folder / DESCRIPTOR_FILE))
 
-    def face_rect(self, original: np.ndarray, box: Box) -> tuple[int, int, int, int]:
-        """The face rectangle the landmark model starts from, ``(x0, y0, x1, y1)``: dlib's
-        own (HOG) detection near ``box`` on the original when it finds one overlapping it,
-        else ``box`` shrunk to ``1 / 1.3`` of its size about its centre (detector boxes are
-        usually enlarged by 1.3)."""
+    def confirmed_rect(self, original: np.ndarray, box: Box) -> tuple[int, int, int, int] | None:
+        """dlib's own (HOG) face detection near ``box`` on the original, ``(x0, y0, x1,
+        y1)``, when it finds one overlapping ``box`` (IoU >= 0.2) on a crop padded by half
+        the box's side (upsampled for small boxes); None when it finds no face there."""
         x0, y0, x1, y1 = box
         h, w = original.shape[:2]
         side = max(x1 - x0, y1 - y0)
@@ -126,8 +125,16 @@ class FaceIdentity:
                 overlap = _iou(cand, box)
                 if overlap > best_iou:
                     best, best_iou = cand, overlap
-        if best is not None and best_iou >= 0.2:
-            return best
+        return best if best is not None and best_iou >= 0.2 else None
+
+    def face_rect(self, original: np.ndarray, box: Box) -> tuple[int, int, int, int]:
+        """The face rectangle the landmark model starts from, ``(x0, y0, x1, y1)``: the
+        :meth:`confirmed_rect` when there is one, else ``box`` shrunk to ``1 / 1.3`` of its
+        size about its centre (detector boxes are usually enlarged by 1.3)."""
+        found = self.confirmed_rect(original, box)
+        if found is not None:
+            return found
+        x0, y0, x1, y1 = box
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         hw, hh = (x1 - x0) / 2.6, (y1 - y0) / 2.6
         return (round(cx - hw), round(cy - hh), round(cx + hw), round(cy + hh))
@@ -135,8 +142,12 @@ class FaceIdentity:
     def landmarks(self, original: Tensor | np.ndarray, box: Box) -> Any:
         """dlib's 5-point landmarks of the face in ``box``, located on the original image."""
         rgb = to_rgb8(original)
-        x0, y0, x1, y1 = self.face_rect(rgb, box)
-        return self._landmarks(rgb, self._dlib.rectangle(x0, y0, x1, y1))
+        return self.landmarks_at(rgb, self.face_rect(rgb, box))
+
+    def landmarks_at(self, original: np.ndarray, rect: tuple[int, int, int, int]) -> Any:
+        """dlib's 5-point landmarks of the face in the ``(x0, y0, x1, y1)`` rectangle of the
+        ``(H, W, 3)`` uint8 original."""
+        return self._landmarks(original, self._dlib.rectangle(*rect))
 
     def chip(self, image: Tensor | np.ndarray, landmarks: Any) -> np.ndarray:
         """The aligned ``(150, 150, 3)`` uint8 face chip the descriptor sees (dlib's
@@ -208,15 +219,19 @@ class IdentityLimit:
         self, original: Tensor, written: Tensor, boxes: Sequence[Box], faces: Sequence[bool]
     ) -> list[float | None]:
         """Per region: the descriptor distance between the written face and the original
-        (landmarks on the original), None for regions that are not faces."""
+        (landmarks on the original), None for regions that are not faces: not labelled
+        ``face``, or not confirmed as one by the recognizer's own detector on the original
+        (:meth:`FaceIdentity.confirmed_rect`; a detector's false alarm on a lamp or a
+        wheel is anonymized like any region, but there is no person to recognize)."""
         model = face_identity()
         orig, out = to_rgb8(original), to_rgb8(written)
         result: list[float | None] = []
         for box, face in zip(boxes, faces, strict=True):
-            if not face:
+            rect = model.confirmed_rect(orig, box) if face else None
+            if rect is None:
                 result.append(None)
                 continue
-            marks = model.landmarks(orig, box)
+            marks = model.landmarks_at(orig, rect)
             d = distance(model.descriptor(orig, marks), model.descriptor(out, marks))
             result.append(round(d, 6))
         return result

@@ -140,6 +140,13 @@ class RegionSource(ABC):
         relative paths), e.g. keys of a boxes file; empty for sources that find regions."""
         return []
 
+    def at_most(self, max_side: int) -> RegionSource:
+        """This source looking at images downscaled so that their longer side is at most
+        ``max_side`` pixels, for sources that find regions in the pixels (detectors; the
+        boxes still come back in input pixels); a source that reads its boxes from
+        elsewhere returns itself. Videos detect on such a copy of each frame."""
+        return self
+
     def describe(self) -> str:
         """Short text for manifests and reports."""
         return type(self).__name__

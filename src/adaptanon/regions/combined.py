@@ -39,5 +39,8 @@ class Combined(RegionSource):
         names = list(names)
         return [key for source in self.sources for key in source.unmatched(names)]
 
+    def at_most(self, max_side: int) -> RegionSource:
+        return Combined([s.at_most(max_side) for s in self.sources])
+
     def describe(self) -> str:
         return "+".join(source.describe() for source in self.sources)

@@ -4,10 +4,11 @@ onnxruntime execution providers."""
 
 from __future__ import annotations
 
+import copy
 import math
 from abc import abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -196,3 +197,10 @@ class Detector(RegionSource):
 
     def find(self, queries: Sequence[RegionQuery]) -> list[Regions]:
         return [Regions(tuple(d)) for d in self.find_many(queries)]
+
+    def at_most(self, max_side: int) -> RegionSource:
+        if max_side >= self.options.max_side:
+            return self
+        smaller = copy.copy(self)  # shares the loaded model
+        smaller.options = replace(self.options, max_side=max_side)
+        return smaller
