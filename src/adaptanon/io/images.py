@@ -282,7 +282,7 @@ ARRAY_SHAPES = "(H, W) or (H, W, 1) greyscale, (H, W, 3) RGB or (H, W, 4) RGBA"
 """The numpy array shapes :func:`as_image` accepts, as its messages name them."""
 
 
-def as_image(image: ImageLike, device: torch.device | str = "cpu") -> Tensor:
+def as_image(image: ImageLike, device: torch.device | str | None = None) -> Tensor:
     """What a user holds as the engine's ``(3, H, W)`` float32 image in ``[0, 1]``, holding
     8-bit values ``k / 255`` (a tensor is passed through).
 
@@ -300,14 +300,17 @@ def as_image(image: ImageLike, device: torch.device | str = "cpu") -> Tensor:
       greyscale is replicated to three channels, RGBA composited on white as above.
       Floats outside ``[0, 1]`` or NaN, other dtypes (``int64``, ``uint16``, ``bool``)
       and channel-first ``(3, H, W)`` arrays are refused rather than guessed at.
-    - A torch tensor: returned unchanged (moved to ``device``); the engine checks that it
-      is a float ``(3, H, W)`` tensor in ``[0, 1]``.
+    - A torch tensor: returned unchanged (moved when ``device`` is given); the engine
+      checks that it is a float ``(3, H, W)`` tensor in ``[0, 1]``.
+
+    ``device``: where the result lies (default: the CPU, or the tensor's own device).
 
     Raises:
         ValueError: anything else, naming what is accepted; a file that cannot be read.
     """
     if isinstance(image, Tensor):
-        return image.to(device)
+        return image if device is None else image.to(device)
+    device = "cpu" if device is None else device
     if isinstance(image, str | PathLike):
         return to_image(read_image(Path(image)), device)
     if isinstance(image, Image.Image):
