@@ -398,3 +398,14 @@ def test_what_is_not_an_image_is_refused_naming_what_is(masking, image, match):
 
     with pytest.raises(ValueError, match=match):
         adaptanon.anonymize(image, model=masking.classifier, regions=[(0, 0, 4, 4)])
+
+
+def test_one_image_where_a_list_is_expected_is_refused(masking):
+    """Iterating one array would give its rows, each a (W, 3) "greyscale image"."""
+    import adaptanon
+
+    for one in (photo(), to_image(photo()), Image.fromarray(photo(), "RGB"), "photo.png"):
+        with pytest.raises(ValueError, match=r"sequence of images.*\[image\]"):
+            masking(one, boxes=[[BOX]])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"list of boxes.*one box \(16, 12, 40, 36\)"):
+        adaptanon.anonymize(photo(), model=masking.classifier, regions=BOX)

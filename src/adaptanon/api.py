@@ -6,7 +6,8 @@ plain ``torch.nn.Module``."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from numbers import Real
 from os import PathLike
 from pathlib import Path
 
@@ -43,11 +44,14 @@ class Anonymized:
         record: what happened (status, regions, classes, steps...), as the CLI's manifest.
         data: the verified file in the anonymizer's format (PNG by default), None when the
             image may not be written; :meth:`save` writes it.
+        source: the input file, when the image was given as a path (:meth:`save` will not
+            overwrite it).
     """
 
     image: Tensor | Image.Image | np.ndarray | None
     record: ImageRecord
     data: bytes | None = None
+    source: Path | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -66,9 +70,8 @@ class Anonymized:
         if self.data is None or not self.record.status.ok:
             reason = f": {self.record.error}" if self.record.error else ""
             raise ValueError(f"nothing to save: status {self.record.status}{reason}")
-        if self.record.input and Path(self.record.input).exists():
-            if dst.resolve() == Path(self.record.input).resolve():
-                raise ValueError(f"refusing to overwrite the input {dst}")
+        if self.source is not None and dst.resolve() == self.source.resolve():
+            raise ValueError(f"refusing to overwrite the input {dst}")
         atomic_write(dst, self.data)
         self.record.output = str(dst)
         return dst
@@ -158,8 +161,10 @@ class Anonymizer:
 
         Raises:
             ValueError: an image that is none of these (the message names the shapes
-                taken), or numbers of boxes or names that differ from that of images.
+                taken), one image instead of a sequence, or numbers of boxes or names that
+                differ from that of images.
         """
+        _check_a_sequence(images)
         tensors = [_converted(image, i) for i, image in enumerate(images)]
         names = [str(i) for i in range(len(tensors))] if names is None else list(names)
         if len(names) != len(tensors):
@@ -241,7 +246,32 @@ class Anonymizer:
             like_input(final, image) if usable and final is not None else None,
             record,
             outcome.data if usable else None,
+            path,
         )
+
+
+def _check_a_sequence(images: object) -> None:
+    """Refuse one image given where a sequence of images is expected: iterating it would
+    give its rows (a numpy array or a tensor) or its characters (a path)."""
+    one = isinstance(images, str | PathLike | Image.Image) or (
+        isinstance(images, np.ndarray | Tensor) and images.ndim < 4
+    )
+    if one:
+        raise ValueError(
+            f"expected a sequence of images, got one {type(images).__name__}: pass [image], "
+            "or call Anonymizer.anonymize(image) for one image"
+        )
+
+
+def _boxes(regions: Sequence[BoxLike]) -> list[list[float]]:
+    """``regions`` as a list of boxes, refusing one box given where a list is expected."""
+    boxes = list(regions)
+    if boxes and all(isinstance(v, Real) for v in boxes):
+        raise ValueError(
+            f"regions must be a list of boxes [x0, y0, x1, y1], got one box {tuple(boxes)}: "
+            f"write [{tuple(boxes)}]"
+        )
+    return [list(box) for box in boxes]
 
 
 def _converted(image: ImageLike, index: int) -> Tensor:
@@ -311,7 +341,7 @@ def anonymize(
     if isinstance(regions, RegionSource | str):
         source = regions
     else:
-        boxes = [list(box) for box in regions]
+        boxes = _boxes(regions)
     anonymizer = Anonymizer(
         model,
         regions=source,
