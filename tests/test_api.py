@@ -320,6 +320,9 @@ def test_a_path_comes_back_as_numpy_pixels_and_saves_the_verified_file(masking, 
     written = result.save(tmp_path / "out.png")
     assert written.read_bytes() == result.data and result.record.output == str(written)
     assert np.array_equal(read_image(written), result.image)
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match=r"^cannot read image .*broken.png"):
+        masking.anonymize(tmp_path / "broken.png", [BOX])
 
 
 def test_a_tensor_comes_back_as_a_tensor(masking):

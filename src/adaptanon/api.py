@@ -231,7 +231,8 @@ class Anonymizer:
         """
         path = Path(image) if isinstance(image, str | PathLike) else None
         name = path.name if path is not None else "0"
-        [outcome] = self([image], None if boxes is None else [boxes], names=[name])
+        tensor = as_image(image)  # here, so that an error does not say "image 0"
+        [outcome] = self([tensor], None if boxes is None else [boxes], names=[name])
         record = outcome.record
         if path is not None:
             record.input = str(path)
