@@ -4,14 +4,16 @@ Data flows one way: read image (:mod:`adaptanon.io`) -> find regions
 (:mod:`adaptanon.regions`) -> anonymize, correct against the classifier
 (:mod:`adaptanon.method`, :mod:`adaptanon.classifiers`) -> encode and verify
 (:mod:`adaptanon.io.codecs`) -> write with its manifest record (:mod:`adaptanon.engines`).
-:class:`Anonymizer` is the library entry point; ``adaptanon`` the command line.
+:func:`anonymize` (one image) and :class:`Anonymizer` (many) are the library entry points;
+``adaptanon`` the command line. :func:`apply_filter` is the plain filter alone, inside
+boxes, without the correction.
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
-from adaptanon.api import Anonymizer
+from adaptanon.api import Anonymized, Anonymizer, anonymize
 from adaptanon.classifiers import Classifier, TorchClassifier, efficientnet_lite, load_classifier
-from adaptanon.io import Codec, read_image, to_image, to_pixels
+from adaptanon.io import Codec, as_image, read_image, to_image, to_pixels
 from adaptanon.method import (
     AllOf,
     Blur,
@@ -27,12 +29,12 @@ from adaptanon.method import (
     Solver,
     SolverResult,
     Yang,
-    anonymize,
     correct,
     parse_criterion,
     parse_filter,
     process_batch,
 )
+from adaptanon.method import anonymize as apply_filter
 from adaptanon.preprocessing import Preprocess, PreprocessSpec, parse_preprocess
 from adaptanon.records import ImageRecord, Status
 from adaptanon.regions import Detection, ExplicitBoxes, Regions, RegionSource, SaliencyBox
@@ -44,6 +46,7 @@ except PackageNotFoundError:  # running from a source tree that was not installe
 
 __all__ = [
     "AllOf",
+    "Anonymized",
     "Anonymizer",
     "Blur",
     "Classifier",
@@ -71,6 +74,8 @@ __all__ = [
     "TorchClassifier",
     "Yang",
     "anonymize",
+    "apply_filter",
+    "as_image",
     "correct",
     "efficientnet_lite",
     "load_classifier",

@@ -16,6 +16,7 @@ from adaptanon.classifiers.registry import (
     UntrustedModel,
     load_classifier,
     set_class_names,
+    wrap_module,
 )
 
 __all__ = [
@@ -33,4 +34,5 @@ __all__ = [
     "mobilenet_v2",
     "read_class_names",
     "set_class_names",
+    "wrap_module",
 ]

@@ -62,12 +62,25 @@ class UntrustedModel(ValueError):
         )
 
 
+def wrap_module(
+    module: nn.Module, preprocess: PreprocessFn | None = None, name: str | None = None
+) -> TorchClassifier:
+    """A bare ``nn.Module`` mapping ``(B, 3, 224, 224)`` normalised inputs to ``(B, N)``
+    logits as a classifier: with ``preprocess``, or the ImageNet standard (resize the
+    shorter side to 256, centre crop 224, ImageNet mean and std: :class:`Preprocess`'s
+    defaults, torchvision's loader). ``name`` defaults to the module's class name.
+
+    This is what a ``module:function`` factory's module, a TorchScript file and a module
+    given to :func:`load_classifier` (or :class:`~adaptanon.Anonymizer`) all get."""
+    return TorchClassifier(module, preprocess or Preprocess(), name=name or type(module).__name__)
+
+
 def load_torchscript(path: Path, preprocess: PreprocessFn | None = None) -> TorchClassifier:
     """A TorchScript file as a classifier. A TorchScript file is code: load only files
     from a trusted source."""
     module = torch.jit.load(str(path), map_location="cpu")
     module.eval()
-    return TorchClassifier(module, preprocess or Preprocess(), name=path.name)
+    return wrap_module(module, preprocess, name=path.name)
 
 
 def load_factory(spec: str, preprocess: PreprocessFn | None = None) -> Classifier:
@@ -78,14 +91,14 @@ def load_factory(spec: str, preprocess: PreprocessFn | None = None) -> Classifie
     """
     made = import_function(spec, "model factory")()
     if isinstance(made, nn.Module):
-        return TorchClassifier(made, preprocess or Preprocess(), name=spec)
+        return wrap_module(made, preprocess, name=spec)
     if isinstance(made, Classifier):
         return made
     raise ValueError(f"factory {spec!r} returned {type(made).__name__}, not a Classifier")
 
 
 def load_classifier(
-    spec: str | Classifier,
+    spec: str | Classifier | nn.Module,
     preprocess: PreprocessFn | None = None,
     class_names: Sequence[str] | str | Path | None = None,
     *,
@@ -100,9 +113,10 @@ def load_classifier(
             converted to torch and checked against onnxruntime); a ``torch.export`` program
             (``.pt2``); a TorchScript file (``.pt``/``.pth``/``.ts``); or
             ``package.module:function``, a factory that returns a :class:`Classifier` or an
-            ``nn.Module``. A classifier passes through.
-        preprocess: preprocessing for a model file or a factory that returns a bare
-            module (default: resize 256, crop 224, ImageNet mean and std; for a model with
+            ``nn.Module``. A classifier passes through; an ``nn.Module`` (``(B, 3, h, w)``
+            normalised inputs to ``(B, N)`` logits) is wrapped by :func:`wrap_module`.
+        preprocess: preprocessing for a model file, a module, or a factory that returns a
+            bare module (default: resize 256, crop 224, ImageNet mean and std; for a model with
             a fixed input size, a crop of that size).
         class_names: names of the classes, or a file of them (one per line, or a JSON
             list); they replace the model's own. Their number must match its outputs.
@@ -124,6 +138,8 @@ def load_classifier(
     classifier: Classifier
     if isinstance(spec, str) and (black_box or spec.startswith(URL_PREFIXES)):
         classifier = _query_only(spec, preprocess, endpoint)
+    elif isinstance(spec, nn.Module):
+        classifier = wrap_module(spec, preprocess)
     elif not isinstance(spec, str):
         classifier = spec
     elif spec in BUILTIN_LOADERS:
@@ -200,4 +216,5 @@ __all__ = [
     "UntrustedModel",
     "load_classifier",
     "set_class_names",
+    "wrap_module",
 ]

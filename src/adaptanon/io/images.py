@@ -1,4 +1,5 @@
-"""Finding input images and reading them as upright 8-bit RGB."""
+"""Finding input images and reading them as upright 8-bit RGB; what a library user holds
+(path, PIL image, numpy array, tensor) as the engine's image (:func:`as_image`)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,15 @@ from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
+from os import PathLike
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from adaptanon.io.codecs import to_image, to_pixels
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm"}
 
@@ -267,3 +273,120 @@ def _to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
     span = high - low
     stretched = (values.astype(np.float64) - low) * (255 / span) if span > 0 else values * 0.0
     return np.round(stretched).clip(0, 255).astype(np.uint8)
+
+
+ImageLike = str | PathLike[str] | Image.Image | np.ndarray | Tensor
+"""What :func:`as_image` takes: a file path, a PIL image, a numpy array or a torch tensor."""
+
+ARRAY_SHAPES = "(H, W) or (H, W, 1) greyscale, (H, W, 3) RGB or (H, W, 4) RGBA"
+"""The numpy array shapes :func:`as_image` accepts, as its messages name them."""
+
+
+def as_image(image: ImageLike, device: torch.device | str | None = None) -> Tensor:
+    """What a user holds as the engine's ``(3, H, W)`` float32 image in ``[0, 1]``, holding
+    8-bit values ``k / 255`` (a tensor is passed through).
+
+    - A path (``str`` or ``os.PathLike``): read by :func:`read_image`, so upright by its
+      EXIF orientation, transparency composited on white, the file's checks applied.
+    - A PIL image, any mode: its pixels as they are (no EXIF rotation: boxes refer to the
+      image the caller holds; apply ``ImageOps.exif_transpose`` first to rotate it).
+      Converted as :func:`read_image` converts a decoded file: ``L``, ``P``, ``CMYK``,
+      ``YCbCr``... to RGB by Pillow; ``RGBA``, ``LA``, ``PA`` and ``P`` with transparency
+      composited on white (not alpha dropped: a transparent pixel shows as white, as in
+      most viewers, and the image equals the same PNG read from a file); 16-bit ``I;16``,
+      32-bit ``I`` and float ``F`` reduced to 8 bits by :func:`_to_8bit`, greyscale.
+    - A numpy array, channel-last (:data:`ARRAY_SHAPES`): ``uint8`` values as they are,
+      or floating-point values in ``[0, 1]`` rounded to 8 bits (``round(v * 255)``);
+      greyscale is replicated to three channels, RGBA composited on white as above.
+      Floats outside ``[0, 1]`` or NaN, other dtypes (``int64``, ``uint16``, ``bool``)
+      and channel-first ``(3, H, W)`` arrays are refused rather than guessed at.
+    - A torch tensor: returned unchanged (moved when ``device`` is given); the engine
+      checks that it is a float ``(3, H, W)`` tensor in ``[0, 1]``.
+
+    ``device``: where the result lies (default: the CPU, or the tensor's own device).
+
+    Raises:
+        ValueError: anything else, naming what is accepted; a file that cannot be read.
+    """
+    if isinstance(image, Tensor):
+        return image if device is None else image.to(device)
+    device = "cpu" if device is None else device
+    if isinstance(image, str | PathLike):
+        return to_image(read_image(Path(image)), device)
+    if isinstance(image, Image.Image):
+        return to_image(_pil_to_rgb8(image), device)
+    if isinstance(image, np.ndarray):
+        return to_image(_array_to_rgb8(image), device)
+    raise ValueError(
+        f"expected an image as a file path, a PIL image, a numpy array ({ARRAY_SHAPES}) or "
+        f"a (3, H, W) float torch tensor in [0, 1], got {type(image).__name__}"
+    )
+
+
+def _pil_to_rgb8(img: Image.Image) -> np.ndarray:
+    """A PIL image of any mode as ``(H, W, 3)`` uint8 RGB, as :func:`read_image` converts."""
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise ValueError(f"empty PIL image ({width}x{height})")
+    try:
+        return _to_rgb8(img)
+    except _Refused as exc:
+        raise ValueError(f"cannot convert the PIL image (mode {img.mode}): {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - Pillow's conversions raise many kinds
+        raise ValueError(
+            f"cannot convert the PIL image (mode {img.mode}) to RGB: {_one_line(exc)}"
+        ) from exc
+
+
+def _array_to_rgb8(array: np.ndarray) -> np.ndarray:
+    """A channel-last numpy image (:data:`ARRAY_SHAPES`, ``uint8`` or floats in ``[0, 1]``)
+    as ``(H, W, 3)`` uint8 RGB."""
+    shape = tuple(array.shape)
+    channels = shape[2] if array.ndim == 3 else 1
+    if array.ndim not in (2, 3) or channels not in (1, 3, 4):
+        hint = ""
+        if array.ndim == 3 and shape[0] in (1, 3, 4):
+            hint = (
+                "; channel-first arrays are not accepted (numpy images are channel-last): "
+                "pass array.transpose(1, 2, 0)"
+            )
+        raise ValueError(f"expected a numpy image of shape {ARRAY_SHAPES}, got {shape}{hint}")
+    if shape[0] < 1 or shape[1] < 1:
+        raise ValueError(f"empty numpy image of shape {shape}")
+    if array.dtype == np.uint8:
+        pixels = array
+    elif np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ValueError("float numpy image has NaN or infinite values")
+        low, high = float(array.min()), float(array.max())
+        if low < 0 or high > 1:
+            raise ValueError(
+                f"float numpy image must hold values in [0, 1], got [{low:g}, {high:g}] "
+                "(for 0..255 values pass array.astype(numpy.uint8))"
+            )
+        pixels = np.round(array.astype(np.float64) * 255).astype(np.uint8)
+    else:
+        raise ValueError(
+            f"expected a uint8 numpy image or floats in [0, 1], got dtype {array.dtype} "
+            "(convert it: array.astype(numpy.uint8) for 0..255 values)"
+        )
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pixels.shape[2] == 1:
+        return np.repeat(pixels, 3, axis=2)
+    if pixels.shape[2] == 4:
+        return _to_rgb8(Image.fromarray(np.ascontiguousarray(pixels), "RGBA"))
+    return np.ascontiguousarray(pixels)
+
+
+def like_input(image: Tensor, original: ImageLike) -> Tensor | Image.Image | np.ndarray:
+    """The ``(3, H, W)`` 8-bit-valued ``image`` in the kind :func:`as_image` was given as
+    ``original``: a tensor as it is; a numpy array or a path as ``(H, W, 3)`` uint8 pixels
+    (greyscale, RGBA and float arrays too: the result is the stored 8-bit RGB); a PIL
+    image as an RGB PIL image."""
+    if isinstance(original, Tensor):
+        return image
+    pixels = to_pixels(image)
+    if isinstance(original, Image.Image):
+        return Image.fromarray(pixels, "RGB")
+    return pixels
