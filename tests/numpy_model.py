@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import json
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -42,11 +41,13 @@ class Endpoint:
     """The model served on ``127.0.0.1`` (a free port) in a thread, with the adaptanon
     contract. ``mode`` says how it answers: ``ok``, ``probabilities``, ``garbage`` (not
     JSON), ``no-scores`` (JSON without ``scores``), ``short`` (one row too few), ``nan``,
-    ``slow`` (sleeps ``delay`` s first), ``flaky`` (HTTP 503 the first time it sees a
+    ``slow`` (answers only once the endpoint is closed, so every client timeout expires,
+    however loaded the machine), ``flaky`` (HTTP 503 the first time it sees a
     request body), ``refuse`` (HTTP 400). ``requests`` counts the requests served."""
 
-    def __init__(self, mode: str = "ok", delay: float = 1.0) -> None:
-        self.mode, self.delay, self.requests = mode, delay, 0
+    def __init__(self, mode: str = "ok") -> None:
+        self.mode, self.requests = mode, 0
+        self.closing = threading.Event()
         self.lock = threading.Lock()
         self.seen: set[bytes] = set()
         endpoint = self
@@ -65,7 +66,7 @@ class Endpoint:
                 x = np.frombuffer(base64.b64decode(body["data"]), "<f4").reshape(body["shape"])
                 mode = endpoint.mode
                 if mode == "slow":
-                    time.sleep(endpoint.delay)
+                    endpoint.closing.wait()
                 if mode == "refuse" or (mode == "flaky" and first):
                     self.send_error(400 if mode == "refuse" else 503)
                     return
@@ -96,5 +97,6 @@ class Endpoint:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.closing.set()
         self.server.shutdown()
         self.server.server_close()

@@ -132,7 +132,7 @@ def test_a_spent_budget_fails_the_image_with_its_count(photos, tmp_path) -> None
 
 def test_timeouts_are_retried_then_reported(tmp_path) -> None:
     x = np.zeros((3, 3, SIZE, SIZE), np.float32)
-    with Endpoint("slow", delay=1.0) as endpoint:
+    with Endpoint("slow") as endpoint:
         client = HttpScores(endpoint.url, timeout=0.2, retries=1, backoff=0.01)
         with pytest.raises(QueryError, match="no answer after 2 attempts"):
             client(x)
@@ -144,7 +144,7 @@ def test_timeouts_are_retried_then_reported(tmp_path) -> None:
 
 
 def test_an_endpoint_timeout_in_a_run_is_an_image_error(photos) -> None:
-    with Endpoint("slow", delay=1.0) as endpoint:
+    with Endpoint("slow") as endpoint:
         classifier = load_query_classifier(
             HttpScores(endpoint.url, timeout=0.2, retries=0),
             parse_preprocess(PREPROCESS),
@@ -162,7 +162,7 @@ def test_an_endpoint_timeout_in_a_run_is_an_image_error(photos) -> None:
 def test_endpoint_options_reach_the_client(photos, tmp_path) -> None:
     """``--endpoint-timeout/-retries`` turn a slow endpoint into per-image errors after the
     attempts asked for; ``--endpoint-batch`` splits a batch into requests of that size."""
-    with Endpoint("slow", delay=1.0) as endpoint:
+    with Endpoint("slow") as endpoint:
         code, output, records = anonymize(photos, tmp_path / "slow", endpoint.url,
                                           "--endpoint-timeout", "0.2", "--endpoint-retries", "1")  # fmt: skip
     assert code == 1 and "Traceback" not in output

@@ -7,6 +7,7 @@ import json
 import math
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
+import adaptanon.evaluate.sweep as sweep
 from adaptanon.classifiers import TorchClassifier
 from adaptanon.cli import main
 from adaptanon.evaluate import (
@@ -247,7 +249,10 @@ def expected_psnr(original: tuple[int, ...], anonymized: tuple[int, ...]) -> flo
     return 10 * math.log10(1 / float(np.mean(diff**2)))
 
 
-def test_end_to_end_numbers_known_by_construction(tmp_path: Path) -> None:
+def test_end_to_end_numbers_known_by_construction(tmp_path: Path, monkeypatch) -> None:
+    # The batch's time, from a clock that moves 1 s per reading: one batch, two images read.
+    clock = iter(range(100, 200))
+    monkeypatch.setattr(sweep, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
     boxes = solid_images(tmp_path / "images")
     items = collect_inputs([str(tmp_path / "images")])
     # The correction of flip.png restores the box's red channel (that is how it was built),
@@ -272,7 +277,8 @@ def test_end_to_end_numbers_known_by_construction(tmp_path: Path) -> None:
     # The mask value 0.5 is stored as 128/255.
     plain = expected_psnr((204, 51, 51), (128,) * 3) + expected_psnr((255, 128, 0), (128,) * 3)
     assert s["psnr_plain_db"] == pytest.approx(plain / 2, abs=1e-3)
-    assert s["psnr_corrected_db"] is not None and s["seconds_per_image"] > 0
+    assert s["psnr_corrected_db"] is not None
+    assert s["seconds_per_image"] == 0.5 and s["images_per_second"] == 2.0
     out = tmp_path / "out"
     for name in ("results.json", "results.csv", "results.md", "report.html"):
         assert (out / name).stat().st_size > 0

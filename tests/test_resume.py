@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -37,11 +37,73 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def command(inputs: Path, out: Path, *extra: str) -> list[str]:
+def arguments(inputs: Path, out: Path, *extra: str) -> list[str]:
     return [
-        sys.executable, "-m", "adaptanon", "anonymize", str(inputs), "-o", str(out),
+        "anonymize", str(inputs), "-o", str(out),
         "--model", "tiny_factory:make", "--device", "cpu", "--batch-size", "2", *SLOW, *extra,
     ]  # fmt: skip
+
+
+def command(inputs: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "adaptanon", *arguments(inputs, out, *extra)]
+
+
+STOP_AFTER_RECORDS = """
+import os, sys
+import adaptanon.io.atomic as atomic
+from adaptanon.cli import main
+from adaptanon.io.manifest import ManifestWriter
+
+signal_fd, stop_after = int(sys.argv[1]), int(sys.argv[2])
+write_record, write_temporary, records = ManifestWriter.write, atomic.write_temporary, []
+
+
+def counted(self, record):
+    write_record(self, record)
+    records.append(record)
+
+
+def stop_when_written(path, data):
+    tmp = write_temporary(path, data)
+    if len(records) >= stop_after:
+        os.write(signal_fd, b"stopped")
+        os.read(0, 1)  # stdin is a pipe nobody writes to: here the parent kills us
+    return tmp
+
+
+ManifestWriter.write, atomic.write_temporary = counted, stop_when_written
+main(sys.argv[3:], prog_name="adaptanon")
+"""
+"""``python -c`` program: the command line, stopped for good once ``stop_after`` manifest
+records are written, in the middle of writing the next output (its temporary file
+written, not yet renamed into place), and saying so on ``signal_fd``: a kill lands there."""
+
+
+def killed_after_records(args: list[str], records: int, env: dict[str, str], log: Path) -> int:
+    """Run the command line with ``args`` and ``kill -9`` it in the middle of writing the
+    output after ``records`` manifest records (waiting for its word on a pipe, not guessing
+    with sleeps); its exit code."""
+    read_end, write_end = os.pipe()
+    with log.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", STOP_AFTER_RECORDS, str(write_end), str(records), *args],
+            env=env, stdin=subprocess.PIPE, stdout=log_file, stderr=log_file,
+            pass_fds=(write_end,),
+        )  # fmt: skip
+    os.close(write_end)
+    try:
+        # Bounded so that a hang fails the test; EOF (b"") when the run ended first.
+        ready, _, _ = select.select([read_end], [], [], 300)
+        word = os.read(read_end, 16) if ready else b""
+        assert word == b"stopped", f"the run did not stop where asked: {log.read_text()[-2000:]}"
+        proc.send_signal(signal.SIGKILL)
+        return proc.wait()
+    finally:
+        os.close(read_end)
+        proc.kill()  # nothing when it is dead already
+        proc.wait()
+        if proc.stdin is not None:
+            proc.stdin.close()
 
 
 @pytest.fixture
@@ -52,13 +114,6 @@ def thirty(tmp_path) -> Path:
         save_png(make_image(96 + i % 5 * 8, 128 + i % 3 * 8, i), root / f"img{i:02d}.png")
     (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     return root
-
-
-def manifest_lines(out: Path) -> int:
-    try:
-        return (out / "manifest.jsonl").read_bytes().count(b"\n")
-    except FileNotFoundError:
-        return 0
 
 
 def outputs(out: Path) -> dict[str, Path]:
@@ -76,15 +131,11 @@ def test_rerun_after_kill_9_finishes_the_job_without_redoing_finished_images(thi
     assert whole.returncode == 1, whole.stderr.decode()  # broken.png is an error
 
     out = tmp_path / "out"
-    proc = subprocess.Popen(command(thirty, out, "-q"), env=env, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 60
-    while manifest_lines(out) < 6 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
-    before = read_earlier_manifest(out / "manifest.jsonl")  # a torn last line is left out
-    assert 6 <= len(before) < 31, "the run was not killed mid-way"
+    code = killed_after_records(arguments(thirty, out, "-q"), 6, env, tmp_path / "killed.log")
+    assert code == -signal.SIGKILL
+    before = read_earlier_manifest(out / "manifest.jsonl")
+    assert len(before) == 6, "the run was not killed after its sixth record"
+    assert len(list(out.glob(".img*.png.*.tmp"))) == 1  # the output it was writing
     finished = {
         Path(r["output"]).relative_to(out).as_posix(): os.stat(r["output"]).st_mtime_ns
         for r in before
@@ -126,8 +177,23 @@ def anonymize(inputs: Path, out: Path, *extra: str):
     )
 
 
-def written_times(out: Path) -> dict[str, int]:
-    return {name: p.stat().st_mtime_ns for name, p in outputs(out).items()}
+PAST = 1_000_000_000 * 10**9
+"""A time long gone (2001, in ns): :func:`stamp` dates the inputs to it and the outputs a
+second later, so an output written again (now) is told from one kept by its time alone,
+whatever the file system's time resolution, and an input saved again is newer than every
+output without waiting for the clock to move on."""
+
+
+def stamp(inputs: Path, out: Path) -> None:
+    for path in inputs.rglob("*"):
+        os.utime(path, ns=(PAST, PAST))
+    for path in outputs(out).values():
+        os.utime(path, ns=(PAST + 10**9, PAST + 10**9))
+
+
+def rewritten(out: Path) -> set[str]:
+    """The outputs written since the last :func:`stamp`."""
+    return {name for name, p in outputs(out).items() if p.stat().st_mtime_ns != PAST + 10**9}
 
 
 @pytest.fixture
@@ -138,29 +204,30 @@ def four(tmp_path) -> Path:
     return root
 
 
+ALL_FOUR = {f"p{i}.png" for i in range(4)}
+
+
 def test_rerun_keeps_finished_images_and_redoes_changed_settings(four, tmp_path):
     out = tmp_path / "out"
     assert anonymize(four, out, "-q").exit_code == 0
-    first = written_times(out)
+    stamp(four, out)
     res = anonymize(four, out)
     assert res.exit_code == 0 and "finished earlier" in res.output, res.output
-    assert written_times(out) == first
+    assert rewritten(out) == set()
     assert len(read_manifest(out / "manifest.jsonl")) == 4
     # Another setting: every image is processed again with it (and replaced).
     assert anonymize(four, out, "-q", "--max-steps", "7").exit_code == 0
     recs = read_manifest(out / "manifest.jsonl")
     assert len(recs) == 4 and all(r["settings"]["max_steps"] == 7 for r in recs)
-    assert all(written_times(out)[n] != t for n, t in first.items())
+    assert rewritten(out) == ALL_FOUR
     # --no-resume redoes them all; an input changed since is redone without it.
-    second = written_times(out)
+    stamp(four, out)
     assert anonymize(four, out, "-q", "--max-steps", "7", "--no-resume").exit_code == 0
-    assert all(written_times(out)[n] != t for n, t in second.items())
-    third = written_times(out)
-    time.sleep(0.01)
+    assert rewritten(out) == ALL_FOUR
+    stamp(four, out)
     save_png(make_image(48, 64, 9), four / "p1.png")
     assert anonymize(four, out, "-q", "--max-steps", "7").exit_code == 0
-    changed = {n for n, t in written_times(out).items() if t != third[n]}
-    assert changed == {"p1.png"}
+    assert rewritten(out) == {"p1.png"}
 
 
 def test_a_changed_boxes_file_redoes_the_images(four, tmp_path):
@@ -168,10 +235,10 @@ def test_a_changed_boxes_file_redoes_the_images(four, tmp_path):
     boxes = tmp_path / "boxes.json"
     boxes.write_text('{"p0.png": [[4, 4, 20, 20]]}')
     assert anonymize(four, out, "-q", "--regions", f"boxes={boxes}").exit_code == 0
-    first = written_times(out)
+    stamp(four, out)
     boxes.write_text('{"p0.png": [[8, 8, 30, 30]]}')
     assert anonymize(four, out, "-q", "--regions", f"boxes={boxes}").exit_code == 0
-    assert all(written_times(out)[n] != t for n, t in first.items())
+    assert rewritten(out) == ALL_FOUR
     recs = {Path(r["input"]).name: r for r in read_manifest(out / "manifest.jsonl")}
     assert recs["p0.png"]["regions"] == [[8, 8, 30, 30]]
 
@@ -183,11 +250,11 @@ def test_missing_or_replaced_outputs_and_leftovers_are_handled(four, tmp_path):
     (out / ".p2.png.abc_1234.tmp").write_bytes(b"half a png")  # left by a kill -9
     keep = out / "notes.tmp"
     keep.write_text("mine")
-    first = written_times(out)
+    stamp(four, out)
     assert anonymize(four, out, "-q").exit_code == 0
-    now = written_times(out)
+    now = outputs(out)
     assert "p0.png" in now and ".p2.png.abc_1234.tmp" not in now and keep.read_text() == "mine"
-    assert {n for n in first if n in now and now[n] != first[n]} == set()
+    assert rewritten(out) == {"p0.png"}
     assert len(read_manifest(out / "manifest.jsonl")) == 4
 
 
