@@ -148,12 +148,17 @@ def placement(spec: Spec, seconds: float) -> tuple[int, int, float, bool]:
     return x, round((height - size) / 2), zoom, covered
 
 
+def full_box(spec: Spec, seconds: float) -> tuple[int, int, int, int]:
+    """The whole face box at ``seconds``, covered or not."""
+    x, y, zoom, _ = placement(spec, seconds)
+    x0, y0, x1, y1 = (round(v * zoom) for v in face_box())
+    return (x0 + x, y0 + y, x1 + x, y1 + y)
+
+
 def visible_box(spec: Spec, seconds: float) -> tuple[int, int, int, int]:
     """The visible part of the face box at ``seconds`` (what must be anonymized)."""
-    x, y, zoom, covered = placement(spec, seconds)
-    x0, y0, x1, y1 = (round(v * zoom) for v in face_box())
-    box = (x0 + x, y0 + y, x1 + x, y1 + y)
-    if covered:
+    box = full_box(spec, seconds)
+    if placement(spec, seconds)[3]:
         box = (box[0], box[1], box[2], box[1] + round(0.3 * (box[3] - box[1])))
     return box
 
@@ -174,8 +179,7 @@ def frames(spec: Spec) -> Iterator[tuple[int, np.ndarray]]:
             top - y : top - y + height, : width - left
         ]
         if covered:
-            box = visible_box(spec, seconds)
-            full = visible_box(Spec(spec.height, spec.seconds, "plain", spec.fps), seconds)
+            box, full = visible_box(spec, seconds), full_box(spec, seconds)
             frame[box[3] : full[3], box[0] : box[2]] = 128
         yield pts, frame
 
