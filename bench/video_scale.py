@@ -639,6 +639,7 @@ def render(result: dict, args: argparse.Namespace) -> str:
         ("frame count and time stamps identical", lambda r: r["pts_identical"]),
         ("0 frames whose class changed (PyAV + plain PIL loader)", lambda r: r["class_changed_frames"] == 0),
         ("0 frames with the face visible", lambda r: r["visible_face_frames"] == 0),
+        ("display rotation kept (not an issue 23 target)", lambda r: len(set(r["rotation_in_out"])) == 1),
     ):  # fmt: skip
         bad = [r["clip"] for r in everything if not r.get("written") or not ok(r)]
         rows.append((name, f"{len(everything) - len(bad)}/{len(everything)} clips" + (f" (not: {', '.join(bad)})" if bad else ""), not bad))  # fmt: skip
