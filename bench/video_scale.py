@@ -648,7 +648,7 @@ def render(result: dict, args: argparse.Namespace) -> str:
             "killed at half time and rerun: same decisions, total CPU <= 1.6x",
             f"{resume['decisions_differ']} frames differ; {resume['cpu_first']:.0f} + "
             f"{resume['cpu_second']:.0f} s / {resume['cpu_uninterrupted']:.0f} s = "
-            f"{resume['work_ratio']:.2f}x (the rerun alone {resume['rerun_ratio']:.2f}x: "
+            f"{resume['work_ratio']:.2f}x (the rerun alone {resume['cpu_second'] / resume['cpu_uninterrupted']:.2f}x: "
             "1.0x when nothing is resumed, so a run that keeps nothing scores about 1.5x)",
             resume["decisions_differ"] == 0 and resume["work_ratio"] <= 1.6,
         )
@@ -687,6 +687,7 @@ def render(result: dict, args: argparse.Namespace) -> str:
             f"{r.get('deface_tree_rss_mib', float('nan')):.0f} |"
         )
     commands = sorted({r["command"] for r in everything} | {r.get("deface_command", "") for r in big} - {""})  # fmt: skip
+    lines = [line.replace("nan / nan", "-").replace("| nan ", "| - ") for line in lines]
     lines += ["", "Commands: " + "; ".join(f"`{c}`" for c in commands) + "."]
     lines += [
         "",
