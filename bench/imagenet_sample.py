@@ -37,17 +37,22 @@ CONFIGS = [
 def plain_pil_input(path: Path, resize: int = 256, crop: int = 224) -> torch.Tensor:
     """The usual loader: PIL bilinear resize of the shorter side, centre crop, normalise."""
     with Image.open(path) as img:
-        img = img.convert("RGB")
-        w, h = img.size
-        if w <= h:
-            size = (resize, int(resize * h / w))
-        else:
-            size = (int(resize * w / h), resize)
-        img = img.resize(size, Image.BILINEAR)
-        top = int(round((size[1] - crop) / 2.0))
-        left = int(round((size[0] - crop) / 2.0))
-        img = img.crop((left, top, left + crop, top + crop))
-        x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        return plain_pil_tensor(img, resize, crop)
+
+
+def plain_pil_tensor(img: Image.Image, resize: int = 256, crop: int = 224) -> torch.Tensor:
+    """:func:`plain_pil_input` of an image already open (a decoded video frame)."""
+    img = img.convert("RGB")
+    w, h = img.size
+    if w <= h:
+        size = (resize, int(resize * h / w))
+    else:
+        size = (int(resize * w / h), resize)
+    img = img.resize(size, Image.BILINEAR)
+    top = int(round((size[1] - crop) / 2.0))
+    left = int(round((size[0] - crop) / 2.0))
+    img = img.crop((left, top, left + crop, top + crop))
+    x = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1)
     return (x - 0.498) / 0.502
 
 
