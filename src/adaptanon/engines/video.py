@@ -79,16 +79,22 @@ DEFAULT_ROUNDS = 3
 DEFAULT_SEGMENT_SECONDS = 2.0
 """Seconds of video per segment (a key frame starts each)."""
 
-SEGMENT_PIXELS = 60 * 1920 * 1080
-"""Most frame pixels per segment: 60 frames of 1080p, 15 of 4K (memory: about 13 bytes
-per pixel, originals and finals)."""
+SEGMENT_PIXELS = 30 * 1920 * 1080
+"""Most frame pixels per segment: 30 frames of 1080p, 7 of 4K (the :class:`FrameBuffers`
+take 10 bytes per pixel: 620 MB at 1080p)."""
 
 DEFAULT_DETECT_SIDE = 1280
 """``--detect-side``: detectors look at each frame downscaled to this longer side (1080p to
 720p, as deface's ``--scale``); the boxes are mapped back to frame pixels."""
 
-DETECT_PIXELS = 4_000_000
-"""Most frame pixels per detector call (four 720p frames)."""
+BATCH_PIXELS = 2 * 1920 * 1080
+"""Most frame pixels in one pass of the photo pipeline (two 1080p frames, four 720p, one
+4K frame), besides ``--batch-size``: the pipeline keeps several float
+copies of each full frame, and eight 1080p frames took 3 GB where two take 0.9 GB."""
+
+DETECT_FRAMES = 2
+"""Frames per detector call: a larger batch gains little on a CPU and its activations
+grow with it (CenterFace on 17 frames of 640x360 took 2 GB)."""
 
 ROUND_MARGIN = 0.5
 """Extra logit margin asked of a frame per lossy round, so the next encode's error does
@@ -237,7 +243,7 @@ def find_tracked(
     size: tuple[int, int],
 ) -> FramePlan:
     """Pass 1: each frame's regions from ``source`` (detectors on frames downscaled to
-    ``options.detect_side``, at most :data:`DETECT_PIXELS` per call), linked into tracks
+    ``options.detect_side``, :data:`DETECT_FRAMES` per call), linked into tracks
     and held; ``frames`` is a stream of ``(pts, (H, W, 3) uint8)``, ``size`` ``(W, H)``.
 
     Raises:
@@ -245,7 +251,7 @@ def find_tracked(
     """
     width, height = size
     finder = source.at_most(options.detect_side)
-    chunk = max(1, DETECT_PIXELS // max(1, min(width * height, options.detect_side**2 * 9 // 16)))
+    chunk = DETECT_FRAMES
     pts: list[int] = []
     found: list[list[Detection]] = []
     batch: list[tuple[int, np.ndarray]] = []
@@ -296,7 +302,7 @@ def find_tracked(
 
 
 def _classify(
-    classifier: Classifier, frames: Sequence[np.ndarray], batch_size: int
+    classifier: Classifier, frames: Sequence[np.ndarray] | np.ndarray, batch_size: int
 ) -> torch.Tensor:
     """``(B, N)`` logits of ``frames`` as the classifier sees them (on the host)."""
     logits = []
@@ -395,18 +401,49 @@ class _Job:
     batch_size: int
 
 
+class FrameBuffers:
+    """A video's fixed working memory, reused by every segment: ``(S, H, W, 3)`` uint8
+    originals, finals and decoded frames and ``(S, H, W)`` bool masks, for ``S`` frames
+    of a segment. Allocated once per video (each a single block the allocator maps on
+    its own), so a segment's frames never fragment the heap that the model's passes use,
+    and memory stays what it was after the first segment whatever the length."""
+
+    def __init__(self, frames: int, height: int, width: int) -> None:
+        self.originals = np.empty((frames, height, width, 3), np.uint8)
+        self.finals = np.empty_like(self.originals)
+        self.decoded = np.empty_like(self.originals)
+        self.masks = np.zeros((frames, height, width), bool)
+
+
 @dataclass
 class _Segment:
-    """The frames of one segment being worked on (upright ``(H, W, 3)`` uint8)."""
+    """The frames of one segment being worked on: ``originals`` and ``finals`` are
+    ``(n, H, W, 3)`` uint8 views of the :class:`FrameBuffers` (upright), ``masks`` each
+    frame's ``(1, H, W)`` bool mask (a view of the buffers) or None without regions."""
 
     first: int
     pts: list[int]
-    originals: list[np.ndarray]
-    finals: list[np.ndarray] = field(default_factory=list)
+    buffers: FrameBuffers
     masks: list[torch.Tensor | None] = field(default_factory=list)
     recs: list[ImageRecord] = field(default_factory=list)
     fallback: set[int] = field(default_factory=set)
     rounds: int = 0
+
+    @property
+    def originals(self) -> np.ndarray:
+        return self.buffers.originals[: len(self.pts)]
+
+    @property
+    def finals(self) -> np.ndarray:
+        return self.buffers.finals[: len(self.pts)]
+
+    def set_mask(self, i: int, mask: torch.Tensor | None) -> None:
+        """Keep frame ``i``'s ``(1, H, W)`` mask (None: no regions)."""
+        if mask is None:
+            self.masks[i] = None
+            return
+        self.buffers.masks[i] = mask[0].cpu().numpy()
+        self.masks[i] = torch.from_numpy(self.buffers.masks[i])[None]
 
 
 def _frame_source(job: _Job, first: int, count: int) -> RegionSource:
@@ -440,9 +477,10 @@ def _anonymize_segment(job: _Job, seg: _Segment) -> None:
                 rec.error = f"not corrected ({rec.error}); its regions are plainly anonymized"
             else:
                 final = FrameCodec().decode(out.data)
-                mask = out.images.mask.cpu() if rec.regions else None
-            seg.finals.append(final)
-            seg.masks.append(mask)
+                mask = out.images.mask if rec.regions else None
+            seg.finals[i] = final
+            seg.masks.append(None)
+            seg.set_mask(i, mask)
             seg.recs.append(rec)
             if rec.status == Status.WEAK:
                 _fall_back(job, seg, i)
@@ -474,7 +512,7 @@ def _fall_back(job: _Job, seg: _Segment, i: int) -> None:
     boxes = [(b[0], b[1], b[2], b[3]) for b in rec.regions]
     masked, mask = anonymize(image, boxes, FALLBACK, 1.0, job.settings.shape)
     seg.finals[i] = to_pixels(masked)
-    seg.masks[i] = mask
+    seg.set_mask(i, mask)
     seg.fallback.add(i)
     reason = rec.error or "a region stayed recognizable"
     rec.status = Status.UNCHANGED
@@ -482,12 +520,15 @@ def _fall_back(job: _Job, seg: _Segment, i: int) -> None:
     rec.steps = 0
 
 
-def _decode(job: _Job, data: bytes) -> tuple[list[int], list[np.ndarray]]:
-    pts, frames = [], []
+def _decode(job: _Job, seg: _Segment, data: bytes) -> tuple[list[int], np.ndarray]:
+    """The segment's frames decoded from ``data`` into the decoded buffer."""
+    pts: list[int] = []
+    out = seg.buffers.decoded
     for stamp, pixels in iter_frames(data, rotation=job.info.rotation):
+        if len(pts) < len(out) and pixels.shape == out.shape[1:]:
+            out[len(pts)] = pixels
         pts.append(stamp)
-        frames.append(pixels)
-    return pts, frames
+    return pts, out[: len(seg.pts)]
 
 
 def _check_segment(job: _Job, seg: _Segment) -> bytes:
@@ -508,7 +549,7 @@ def _check_segment(job: _Job, seg: _Segment) -> bytes:
     logits = torch.zeros(0)
     checked_strength = False
     for round_ in range(job.options.rounds + 2):
-        pts, decoded = _decode(job, data)
+        pts, decoded = _decode(job, seg, data)
         if pts != seg.pts:
             raise ValueError(
                 f"segment from frame {seg.first}: {len(pts)} frames decoded of {n}, or their "
@@ -567,7 +608,9 @@ def _check_segment(job: _Job, seg: _Segment) -> bytes:
     return data
 
 
-def _weak_on_decoded(settings: Settings, seg: _Segment, decoded: Sequence[np.ndarray]) -> list[int]:
+def _weak_on_decoded(
+    settings: Settings, seg: _Segment, decoded: Sequence[np.ndarray] | np.ndarray
+) -> list[int]:
     """Frames of ``seg`` with a region too similar to the original on the decoded pixels
     (``strength_final`` is measured there)."""
     weak = []
@@ -590,7 +633,7 @@ def _recorrect(
     job: _Job,
     seg: _Segment,
     ids: Sequence[int],
-    decoded: Sequence[np.ndarray],
+    decoded: Sequence[np.ndarray] | np.ndarray,
     target: torch.Tensor,
     reference: torch.Tensor | None,
     round_: int,
@@ -720,11 +763,13 @@ def anonymize_video(
         raise ValueError("the kept plan does not match the video")
     record.frame_count, record.tracks = n, plan.tracks
     record.duration = duration(plan.pts, info.time_base, info.rate)
-    job = _Job(classifier, settings, options, info, relative, plan, source, batch_size)
+    frames_per_batch = max(1, min(batch_size, BATCH_PIXELS // max(1, info.width * info.height)))
+    job = _Job(classifier, settings, options, info, relative, plan, source, frames_per_batch)
     per = options.segment_length(info)
     frames_out: list[dict[str, Any]] = []
     paths: list[Path] = []
     decoder: Iterator[tuple[int, np.ndarray]] | None = None
+    buffers = FrameBuffers(min(per, n), info.height, info.width)
     for k, idx in enumerate(_chunks(n, per)):
         kept = work.segment(k, idx.start, len(idx))
         paths.append(work.segment_file(k))
@@ -738,11 +783,11 @@ def anonymize_video(
             continue
         if decoder is None:
             decoder = iter_frames(item.path, rotation=info.rotation, start_pts=plan.pts[idx.start])
-        seg = _Segment(idx.start, [], [])
-        for _ in idx:
+        seg = _Segment(idx.start, [], buffers)
+        for k_frame in range(len(idx)):
             stamp, pixels = next(decoder)
             seg.pts.append(stamp)
-            seg.originals.append(pixels)
+            buffers.originals[k_frame] = pixels
         if seg.pts != plan.pts[idx.start : idx.stop]:
             raise ValueError(f"frames from {idx.start} decode with other time stamps than before")
         _anonymize_segment(job, seg)

@@ -375,7 +375,7 @@ def _video_stream(
 
 
 def encode_segment(
-    frames: Sequence[np.ndarray],
+    frames: Sequence[np.ndarray] | np.ndarray,
     pts: Sequence[int],
     info: VideoInfo,
     codec: VideoCodec,
@@ -388,7 +388,7 @@ def encode_segment(
     Raises:
         ValueError: the frames do not match the time stamps, or encoding fails.
     """
-    if len(frames) != len(pts) or not frames:
+    if len(frames) != len(pts) or len(frames) == 0:
         raise ValueError(f"expected {len(pts)} frames, got {len(frames)}")
     av = _av()
     buf = io.BytesIO()
